@@ -1,0 +1,159 @@
+"""The contract every learning rule keeps.
+
+A rule owns a network and any auxiliary weights it needs (feedback matrices,
+inverse networks). `step(x, y)` computes the rule's update for one batch and
+stores it, as a descent direction, in the `.grad` of every trainable
+parameter; a stock `torch.optim` optimizer then applies it. `predict(x)`
+returns the network's output, and `parameters()` (from nn.Module) yields the
+forward and auxiliary parameters alike.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import nets
+from ..errors import CreditlabError
+
+
+def option(default: Any, help: str, source: str = "", choices: tuple = ()) -> Any:
+    """Declare a rule option: its default, help text with unit, and where the default comes from."""
+    return field(default=default, metadata={"help": help, "source": source, "choices": choices})
+
+
+@dataclass
+class NoOptions:
+    """A rule without options."""
+
+
+@dataclass(frozen=True)
+class OptimizerDefaults:
+    """The optimizer, learning rate and schedule a rule trains with unless the user overrides them."""
+    name: str = "adam"
+    lr: float = 1e-3
+    feedback_lr: float | None = None
+    momentum: float = 0.9
+
+
+class Rule(nn.Module):
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    kinds: ClassVar[tuple[str, ...]] = ("mlp", "conv")
+    Options: ClassVar[type] = NoOptions
+    defaults: ClassVar[OptimizerDefaults] = OptimizerDefaults()
+
+    def __init__(self, net: nn.Module, options: Any = None):
+        super().__init__()
+        self.net = net
+        self.options = options if options is not None else self.Options()
+        kind = getattr(getattr(net, "spec", None), "kind", None)
+        if kind is not None and kind not in self.kinds:
+            raise CreditlabError(f"rule {self.name!r} does not support {kind} nets; it supports {', '.join(self.kinds)}")
+
+    @classmethod
+    def make_net(cls, spec: nets.NetSpec, activation: str, init: str = "auto") -> nn.Module:
+        """Build the network this rule trains from a size spec (a layered feedforward net by default)."""
+        return nets.LayeredNet(spec, activation, init)
+
+    # -- the contract -------------------------------------------------------
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """Write the update for batch (x, y) into `.grad`; return statistics, `loss` among them."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(output, y)
+
+    # -- structure used by the trainer and the metrics -----------------------
+
+    def layers(self) -> list[list[nn.Parameter]]:
+        """Forward parameters grouped by layer, for per-layer update angles."""
+        return [list(block.parameters()) for block in self.net.blocks]
+
+    def forward_parameters(self) -> list[nn.Parameter]:
+        return list(self.net.parameters())
+
+    def feedback_parameters(self) -> list[nn.Parameter]:
+        """Trainable auxiliary parameters (feedback weights, inverses); they get their own learning rate."""
+        ids = {id(p) for p in self.forward_parameters()}
+        return [p for p in self.parameters() if id(p) not in ids]
+
+    def param_groups(self, lr: float, feedback_lr: float | None = None) -> list[dict]:
+        groups = [{"params": self.forward_parameters(), "lr": lr, "name": "forward"}]
+        feedback = self.feedback_parameters()
+        if feedback:
+            groups.append({"params": feedback, "lr": feedback_lr if feedback_lr is not None else lr, "name": "feedback"})
+        return groups
+
+    def reference_gradients(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        """Return the exact gradient of the loss per layer (flattened), without touching `.grad`."""
+        layers = self.layers()
+        params = [p for layer in layers for p in layer]
+        with torch.enable_grad():
+            loss = self.loss(self.net(x), y)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        out, i = [], 0
+        for layer in layers:
+            parts = [torch.zeros_like(p) if g is None else g for p, g in zip(layer, grads[i:i + len(layer)])]
+            out.append(torch.cat([g.flatten() for g in parts]))
+            i += len(layer)
+        return out
+
+    def weight_angles(self) -> list[float] | None:
+        """Angles in degrees between each layer's feedback and forward weights, for rules that have both."""
+        return None
+
+    def clear_grads(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+
+def make_options(rule_cls: type[Rule], values: dict[str, Any] | None) -> Any:
+    """Build a rule's options dataclass from a dict, converting strings from the command line."""
+    import difflib
+
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(rule_cls.Options)}
+    kwargs = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            close = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            valid = ", ".join(fields) or "none"
+            raise CreditlabError(f"unknown option {key!r} for rule {rule_cls.name!r}; {hint}valid options: {valid}")
+        kwargs[name] = _convert(rule_cls.name, fields[name], value)
+    return rule_cls.Options(**kwargs)
+
+
+def _convert(rule: str, f: dataclasses.Field, value: Any) -> Any:
+    default = f.default
+    choices = f.metadata.get("choices", ())
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                value = value.lower() in ("true", "1", "yes")
+            value = bool(value)
+        elif isinstance(default, int):
+            value = int(value)
+        elif isinstance(default, float):
+            value = float(value)
+    except (TypeError, ValueError):
+        raise CreditlabError(
+            f"invalid value {value!r} for option {f.name!r} of rule {rule!r}: expected {type(default).__name__}") from None
+    if isinstance(value, float) and value != value:
+        raise CreditlabError(f"invalid value nan for option {f.name!r} of rule {rule!r}: give a finite number")
+    if choices and value not in choices:
+        raise CreditlabError(f"invalid value {value!r} for option {f.name!r} of rule {rule!r}; choose one of {', '.join(map(str, choices))}")
+    return value

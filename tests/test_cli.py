@@ -1,0 +1,49 @@
+import json
+import subprocess
+import sys
+
+from creditlab import cli, rules
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "creditlab", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_rules_lists_every_rule(capsys):
+    assert cli.main(["rules", "-v"]) == 0
+    out = capsys.readouterr().out
+    for name in rules.names():
+        assert name in out
+    assert "Lillicrap" in out
+
+
+def test_unknown_rule_is_one_line_exit_2():
+    result = run_cli("train", "--rule", "bpp")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "unknown rule 'bpp'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_compare_writes_report_and_plots(tmp_path):
+    out = tmp_path / "cmp"
+    code = cli.main(["compare", "--rules", "bp,fa", "--seeds", "0,1", "--epochs", "2", "--out", str(out),
+                     "--no-progress", "-o", "fa.scale=0.5"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(r["rule"], r["seed"]) for r in summary["runs"]] == [("bp", 0), ("bp", 1), ("fa", 0), ("fa", 1)]
+    assert summary["runs"][2]["rule_options"] == {"scale": "0.5"}
+    report = (out / "report.md").read_text()
+    assert "| bp | 2 |" in report and "| fa | 2 |" in report
+    for plot in ("test_error.png", "update_angle.png", "weight_angle.png"):
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_records_diverged_run_and_goes_on(tmp_path):
+    out = tmp_path / "cmp"
+    code = cli.main(["compare", "--rules", "bp,fa", "--epochs", "1", "--optimizer", "sgd", "--lr", "1e10", "--activation", "linear",
+                     "--out", str(out), "--no-progress"])
+    assert code == 0
+    runs = json.loads((out / "summary.json").read_text())["runs"]
+    assert [r["status"] for r in runs] == ["diverged", "diverged"]
+    assert "diverged" in (out / "report.md").read_text()

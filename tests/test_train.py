@@ -1,0 +1,97 @@
+import json
+
+import pytest
+import torch
+
+from creditlab import io, metrics
+from creditlab.errors import CreditlabError, DivergenceError
+from creditlab.train import Run, RunConfig, train
+
+
+def test_run_folder_contents(tmp_path):
+    summary = train(RunConfig(rule="fa", epochs=2), tmp_path / "run", progress=False)
+    names = {p.name for p in (tmp_path / "run").iterdir()}
+    assert names == {"config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"}
+    assert summary["epochs"] == 2
+    for key in ("test_error", "val_error", "train_loss", "update_angle_deg", "weight_angle_deg",
+                "examples_per_second", "forward_pass_equivalents_per_update"):
+        assert key in summary
+    lines = io.read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["epoch"] for r in lines] == [1, 2]
+    config = io.read_json(tmp_path / "run" / "config.json")
+    assert config["config"]["optimizer"] == "adam"
+    assert config["environment"]["torch"] == torch.__version__
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch):
+    config = RunConfig(rule="weight-mirror", epochs=4)
+    reference = train(config, tmp_path / "a", progress=False)
+
+    calls = {"n": 0}
+    real_error_rate = metrics.error_rate
+
+    def interrupt_in_third_epoch(rule, split, batch_size=1000):
+        calls["n"] += 1
+        if calls["n"] == 5:  # two evaluations (val, test) per epoch: the fifth is in epoch 3
+            raise KeyboardInterrupt
+        return real_error_rate(rule, split, batch_size)
+
+    monkeypatch.setattr(metrics, "error_rate", interrupt_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "b", progress=False)
+    assert len(io.read_jsonl(tmp_path / "b" / "metrics.jsonl")) == 2
+    monkeypatch.setattr(metrics, "error_rate", real_error_rate)
+    resumed = train(config, tmp_path / "b", progress=False)
+    for key in ("test_error", "val_error", "train_loss", "update_angle_deg", "weight_angle_deg"):
+        assert resumed[key] == reference[key], key
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["rule"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["rule"]
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_finished_run_is_not_repeated(tmp_path):
+    first = train(RunConfig(epochs=1), tmp_path / "r", progress=False)
+    before = (tmp_path / "r" / "checkpoint.pt").stat().st_mtime_ns
+    second = train(RunConfig(epochs=1), tmp_path / "r", progress=False)
+    assert second == json.loads(json.dumps(first))
+    assert (tmp_path / "r" / "checkpoint.pt").stat().st_mtime_ns == before
+
+
+def test_folder_of_another_run_is_rejected(tmp_path):
+    train(RunConfig(epochs=1), tmp_path / "r", progress=False)
+    with pytest.raises(CreditlabError, match="holds a different run"):
+        train(RunConfig(epochs=1, rule="fa"), tmp_path / "r", progress=False)
+
+
+def test_checkpoint_of_other_shape_is_rejected(tmp_path):
+    train(RunConfig(epochs=1), tmp_path / "small", progress=False)
+    train(RunConfig(epochs=2, net="mlp:64-20-10"), tmp_path / "other", progress=False)
+    # Put the checkpoint of a different net into an unfinished run's folder.
+    (tmp_path / "other" / "summary.json").unlink()
+    (tmp_path / "small" / "checkpoint.pt").replace(tmp_path / "other" / "checkpoint.pt")
+    with pytest.raises(CreditlabError, match="shape"):
+        train(RunConfig(epochs=2, net="mlp:64-20-10"), tmp_path / "other", progress=False)
+
+
+def test_divergence_names_rule_and_step(tmp_path):
+    with pytest.raises(DivergenceError, match=r"rule 'bp' diverged: .* at epoch 1, step \d+"):
+        train(RunConfig(lr=1e10, optimizer="sgd", activation="linear", epochs=1), tmp_path / "r", progress=False)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"lr": -1.0}, "invalid lr"),
+    ({"lr": float("nan")}, "invalid lr"),
+    ({"epochs": 0}, "invalid epochs"),
+    ({"batch_size": -3}, "invalid batch size"),
+    ({"optimizer": "adagrad"}, "unknown optimizer"),
+    ({"data": "cifar"}, "unknown dataset"),
+    ({"activation": "swish"}, "unknown activation"),
+    ({"rule": "ffa"}, "unknown rule"),
+    ({"rule_options": {"bogus": 1}}, "unknown option"),
+    ({"net": "mlp:784-10"}, "start the spec with 64"),
+])
+def test_bad_config_raises_before_work(tmp_path, changes, message):
+    with pytest.raises(CreditlabError, match=message):
+        Run(RunConfig(**changes), tmp_path / "r", progress=False).run()
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()

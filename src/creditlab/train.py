@@ -148,6 +148,11 @@ def environment(device: torch.device) -> dict:
     }
 
 
+# Step statistics the trainer accounts for itself; any other numeric statistic
+# a rule returns is averaged over the epoch into the record's "rule_stats".
+_COUNTED_STATS = ("loss", "forward_passes", "backward_passes")
+
+
 def _finite(tensors) -> bool:
     flags = [torch.isfinite(t).all() for t in tensors if t is not None]
     return bool(torch.stack(flags).all()) if flags else True
@@ -254,6 +259,7 @@ class Run:
             scheduler.step()
             record.update(epoch=epoch + 1, val_error=metrics.error_rate(rule, dataset.val),
                           test_error=metrics.error_rate(rule, dataset.test), lr=optimizer.param_groups[0]["lr"])
+            record.update(rule.epoch_metrics(dataset))
             weight_angles = rule.weight_angles()
             if weight_angles is not None:
                 record["weight_angle_deg"] = weight_angles
@@ -273,11 +279,14 @@ class Run:
         config = self.config
         losses, angles, seconds, examples = [], [], 0.0, 0
         forward = backward = 0.0
+        extra: dict[str, float] = {}
         steps = math.ceil(len(dataset.train) / config.batch_size)
         bar = tqdm(dataset.train.batches(config.batch_size, generator), total=steps, leave=False,
                    desc=f"{config.rule} s{config.seed} epoch {epoch + 1}", disable=not self.progress or None)
         for step, (x, y) in enumerate(bar):
             start = time.perf_counter()
+            if dataset.augment is not None:
+                x = dataset.augment(x, generator)
             stats = rule.step(x, y)
             loss = stats["loss"]
             if not _finite([torch.as_tensor(loss)] + [p.grad for p in rule.parameters()]):
@@ -294,6 +303,9 @@ class Run:
             losses.append(float(loss))
             forward += stats.get("forward_passes", 1)
             backward += stats.get("backward_passes", 0)
+            for key, value in stats.items():
+                if key not in _COUNTED_STATS and isinstance(value, (int, float, torch.Tensor)):
+                    extra[key] = extra.get(key, 0.0) + float(value)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
         n = len(losses)
@@ -305,6 +317,7 @@ class Run:
             "forward_passes_per_update": forward / n,
             "backward_passes_per_update": backward / n,
             "seconds": seconds,
+            "rule_stats": {key: total / n for key, total in extra.items()},
         }
 
     def _divergence_message(self, epoch: int, step: int, what: str) -> str:

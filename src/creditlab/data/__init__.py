@@ -9,7 +9,7 @@ import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -55,6 +55,8 @@ class Dataset:
     test: Split
     num_classes: int
     meta: dict = field(default_factory=dict)
+    # Optional training-time augmentation, augment(x, generator) -> x, applied to each training batch.
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -66,7 +68,8 @@ class Dataset:
 
     def to(self, device) -> "Dataset":
         val = self.val.to(device) if self.val is not None else None
-        return Dataset(self.name, self.train.to(device), val, self.test.to(device), self.num_classes, self.meta)
+        return Dataset(self.name, self.train.to(device), val, self.test.to(device), self.num_classes, self.meta,
+                       self.augment)
 
 
 def _standardise(train: np.ndarray, others: list[np.ndarray], scale: float) -> list[torch.Tensor]:

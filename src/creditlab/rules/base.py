@@ -44,6 +44,7 @@ class Rule(nn.Module):
     description: ClassVar[str] = ""
     reference: ClassVar[str] = ""
     kinds: ClassVar[tuple[str, ...]] = ("mlp", "conv")
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
     Options: ClassVar[type] = NoOptions
     defaults: ClassVar[OptimizerDefaults] = OptimizerDefaults()
 
@@ -107,6 +108,10 @@ class Rule(nn.Module):
             out.append(torch.cat([g.flatten() for g in parts]))
             i += len(layer)
         return out
+
+    def epoch_metrics(self, dataset) -> dict[str, Any]:
+        """Return extra measurements recorded at the end of each epoch (e.g. a reconstruction error)."""
+        return {}
 
     def weight_angles(self) -> list[float] | None:
         """Angles in degrees between each layer's feedback and forward weights, for rules that have both."""

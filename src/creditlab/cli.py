@@ -5,8 +5,9 @@ import dataclasses
 import logging
 import sys
 
-from . import __version__, data, nets, rules
+from . import __version__, data, distributed, nets, rules
 from .errors import CreditlabError
+from .train import RunInterrupted
 
 log = logging.getLogger("creditlab")
 
@@ -62,6 +63,8 @@ def _add_run_options(p: argparse.ArgumentParser, epochs: int) -> None:
                    help="training examples held out for validation (default: 5000 for MNIST-like sets, 180 for digits)")
     p.add_argument("--angle-every", type=int, default=20,
                    help="steps between measurements of the update angle against the exact gradient (default: 20)")
+    p.add_argument("--checkpoint-interval", type=float, default=300.0,
+                   help="seconds between mid-epoch checkpoints; one is also written after every epoch (default: 300)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="rule option, repeatable; in compare prefix the rule: kp.decay=0.01 (see `creditlab rules -v`)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -83,7 +86,11 @@ def cmd_train(args) -> int:
     options = _rule_options(args.option, None).get("", {})
     config = dataclasses.replace(_base_config(args, args.rule, options), seed=args.seed)
     out = args.out or f"runs/{args.rule}-{args.data}-seed{args.seed}"
-    summary = train(config, out, progress=not args.no_progress)
+    if not args.checkpoint_interval > 0:
+        raise CreditlabError(f"invalid checkpoint interval {args.checkpoint_interval}: give a positive number of seconds")
+    summary = train(config, out, progress=not args.no_progress, checkpoint_interval=args.checkpoint_interval)
+    if not distributed.is_main():
+        return 0
     print(f"{summary['rule']} on {summary['dataset']}: test error {100 * summary['test_error']:.2f}%, "
           f"validation error {100 * summary['val_error']:.2f}% after {summary['epochs']} epochs; results in {out}")
     return 0
@@ -95,10 +102,23 @@ def cmd_compare(args) -> int:
     names = _split_list(args.rules) if args.rules else rules.names()
     options = _rule_options(args.option, names)
     out = args.out or f"runs/compare-{args.data}"
-    records = compare(names, _base_config(args), _seeds(args.seeds), out, options, progress=not args.no_progress)
+    records = compare(names, _base_config(args), _seeds(args.seeds), out, options, progress=not args.no_progress,
+                      checkpoint_interval=args.checkpoint_interval)
     diverged = sum(r["status"] != "finished" for r in records)
     print(f"{len(records)} runs ({diverged} diverged); report in {out}/report.md")
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import sweep
+
+    records = sweep(args.file, address=args.address, out=args.out, cpus_per_trial=args.cpus_per_trial,
+                    max_retries=args.max_retries, checkpoint_interval=args.checkpoint_interval,
+                    progress=not args.no_progress)
+    failed = sum(r["status"] == "failed" for r in records)
+    diverged = sum(r["status"] == "diverged" for r in records)
+    print(f"{len(records)} trials ({diverged} diverged, {failed} failed)")
+    return 1 if failed else 0
 
 
 def cmd_rules(args) -> int:
@@ -136,6 +156,18 @@ def make_parser() -> argparse.ArgumentParser:
     _add_run_options(p, epochs=20)
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("sweep", help="run a grid or random search from a TOML file with Ray")
+    p.add_argument("file", help="sweep file (TOML) with [base], [grid] and/or [random] tables; see docs/runs.md")
+    p.add_argument("--address", default=None, help="Ray cluster to join, e.g. auto or HOST:6379 (default: start a local Ray)")
+    p.add_argument("--out", default=None, help="output folder (default: the file's `out`, else runs/sweep-STEM)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs Ray reserves for each trial (default: 1)")
+    p.add_argument("--max-retries", type=int, default=3,
+                   help="times a trial whose worker dies is restarted; it resumes from its checkpoint (default: 3)")
+    p.add_argument("--checkpoint-interval", type=float, default=60.0,
+                   help="seconds between mid-epoch checkpoints of each trial (default: 60)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_sweep)
+
     p = sub.add_parser("rules", help="list the learning rules")
     p.add_argument("--task", default="classification", help="list the rules of this task (default: classification)")
     p.add_argument("--verbose", "-v", action="store_true", help="also show each rule's defaults and options")
@@ -150,11 +182,15 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return args.func(args)
+    except RunInterrupted as exc:
+        print(f"creditlab: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except CreditlabError as exc:
         print(f"creditlab: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("creditlab: interrupted; finished epochs are saved, run the same command again to resume", file=sys.stderr)
+        print("creditlab: interrupted; work up to the last checkpoint is saved, run the same command again to resume",
+              file=sys.stderr)
         return 130
 
 

@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from . import io, report, rules
 from .errors import CreditlabError, DivergenceError
-from .train import RunConfig, Run
+from .train import Run, RunConfig, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +18,8 @@ def run_name(rule: str, seed: int) -> str:
 
 
 def compare(rule_names: list[str], base: RunConfig, seeds: list[int], out: str | Path,
-            options: dict[str, dict] | None = None, progress: bool = True) -> list[dict]:
+            options: dict[str, dict] | None = None, progress: bool = True,
+            checkpoint_interval: float = 300.0) -> list[dict]:
     """Train every (rule, seed) pair with `base`'s settings; write summary.json, report.md and plots to `out`.
 
     `options` maps a rule name to its rule options. A run that diverges is
@@ -35,17 +36,14 @@ def compare(rule_names: list[str], base: RunConfig, seeds: list[int], out: str |
         for seed in seeds:
             config = dataclasses.replace(base, rule=name, seed=seed, rule_options=options.get(name, {}))
             configs.append(config.resolved())
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CreditlabError(f"cannot create output folder {out}: {exc.strerror}; choose another --out") from None
+    check_writable(out)
 
     records, histories = [], {}
     bar = tqdm(configs, desc="compare", disable=not progress or None)
     for config in bar:
         bar.set_postfix(run=run_name(config.rule, config.seed))
         folder = out / "runs" / run_name(config.rule, config.seed)
-        run = Run(config, folder, progress=progress)
+        run = Run(config, folder, progress=progress, checkpoint_interval=checkpoint_interval)
         try:
             summary = run.run()
         except DivergenceError as exc:

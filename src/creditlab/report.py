@@ -50,9 +50,10 @@ def _angles(records: list[dict], key: str) -> str:
 
 
 def group_by_rule(records: list[dict]) -> dict[str, list[dict]]:
+    """Group runs by their label (a sweep's rule and varied settings) or else by rule."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in records:
-        groups[r["rule"]].append(r)
+        groups[r.get("label") or r["rule"]].append(r)
     return groups
 
 
@@ -69,7 +70,7 @@ def table(records: list[dict]) -> str:
         speed = _mean_std([r["examples_per_second"] for r in finished])[0]
         relative = f"{speed / bp_speed:.2f}" if bp_speed and not math.isnan(speed) and not math.isnan(bp_speed) else "n/a"
         first = group[0]
-        ref = published(first["dataset"], first["net"], first["activation"], rule)
+        ref = published(first["dataset"], first["net"], first["activation"], first["rule"])
         ref_text = f"{ref[0]:.2f} ({ref[1]})" if ref else "—"
         loss = _mean_std([r["train_loss"] for r in finished])[0]
         lines.append(

@@ -9,7 +9,10 @@ temporary name and renamed, so a kill never leaves half a file.
 import dataclasses
 import logging
 import math
+import os
 import platform
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +21,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, data, io, metrics, nets, rules
+from . import __version__, data, distributed, io, metrics, nets, rules
+from .checkpoint import load_checkpoint, load_state_checked
 from .errors import CreditlabError, DivergenceError
 
 log = logging.getLogger(__name__)
@@ -71,6 +75,15 @@ class RunConfig:
         out.momentum = self.momentum if self.momentum is not None else cls.defaults.momentum
         out.validate()
         rules.make_options(cls, out.rule_options)
+        spec = nets.parse(out.net)
+        if spec.kind not in cls.kinds:
+            raise CreditlabError(f"rule {out.rule!r} does not support {spec.kind} nets; it supports {', '.join(cls.kinds)}")
+        if out.data in data.SHAPES:
+            shape, classes, train_size = data.SHAPES[out.data]
+            nets.check_fits(spec, shape, classes, out.data)
+            if out.val_size is not None and out.val_size >= train_size:
+                raise CreditlabError(f"invalid validation size {out.val_size}: {out.data} has {train_size} "
+                                     f"training examples; hold out fewer")
         return out
 
     def validate(self) -> None:
@@ -95,11 +108,24 @@ class RunConfig:
             raise CreditlabError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise CreditlabError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.val_size is not None and self.val_size < 0:
+            raise CreditlabError(f"invalid validation size {self.val_size}: give 0 or a positive number of examples")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise CreditlabError(f"unknown device {self.device!r}; use auto, cpu or cuda[:N]")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def check_writable(folder: Path) -> None:
+    """Create `folder` if needed and check a file can be written in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CreditlabError(f"cannot write to output folder {folder}: {exc.strerror}; choose another --out") from None
 
 
 def pick_device(name: str) -> torch.device:
@@ -129,8 +155,6 @@ def build_rule(config: RunConfig, dataset: data.Dataset | None = None) -> rules.
     """Build the net and rule of a resolved config, checking the net fits the dataset."""
     cls = rules.get(config.rule)
     spec = nets.parse(config.net)
-    if spec.kind not in cls.kinds:
-        raise CreditlabError(f"rule {config.rule!r} does not support {spec.kind} nets; it supports {', '.join(cls.kinds)}")
     if dataset is not None:
         nets.check_fits(spec, dataset.input_shape, dataset.num_classes, dataset.name)
     net = cls.make_net(spec, config.activation, config.init)
@@ -148,6 +172,9 @@ def environment(device: torch.device) -> dict:
     }
 
 
+# Summary fields that measure time; they differ between any two runs, resumed or not.
+TIMING_FIELDS = ("examples_per_second", "train_seconds")
+
 # Step statistics the trainer accounts for itself; any other numeric statistic
 # a rule returns is averaged over the epoch into the record's "rule_stats".
 _COUNTED_STATS = ("loss", "forward_passes", "backward_passes")
@@ -158,31 +185,83 @@ def _finite(tensors) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
+class RunInterrupted(CreditlabError):
+    """SIGINT or SIGTERM arrived; a checkpoint was written and the run can be resumed."""
+
+    def __init__(self, signum: int, checkpoint: Path | None):
+        self.signum = signum
+        where = f"checkpoint saved to {checkpoint}" if checkpoint else "no run folder, nothing saved"
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; {where}; run the same command again to resume")
+
+
+class _SignalGuard:
+    """Turn SIGINT and SIGTERM into a flag the training loop checks after each step."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
+
+
+@dataclass
+class _EpochProgress:
+    """Where a run stands inside an epoch; saved in mid-epoch checkpoints."""
+    order: torch.Tensor
+    step: int = 0
+    losses: list = field(default_factory=list)
+    angles: list = field(default_factory=list)
+    seconds: float = 0.0
+    examples: int = 0
+    forward: float = 0.0
+    backward: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def to_state(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 class Run:
     """One training run bound to its folder. `run()` trains, resuming from the folder's checkpoint."""
 
-    def __init__(self, config: RunConfig, out: str | Path | None, progress: bool = True):
+    def __init__(self, config: RunConfig, out: str | Path | None, progress: bool = True,
+                 checkpoint_interval: float = 300.0):
         self.config = config.resolved()
         self.out = Path(out) if out is not None else None
         self.progress = progress
+        self.checkpoint_interval = checkpoint_interval
         self.history: list[dict] = []
         self.start_epoch = 0
+        self._resumed_progress: _EpochProgress | None = None
+        self._last_checkpoint = time.monotonic()
 
     # -- folder handling -----------------------------------------------------
 
     def _prepare_folder(self) -> dict | None:
-        """Check the folder is this run's; return its finished summary if there is one."""
+        """Check the folder is this run's and writable; return its finished summary if there is one."""
         if self.out is None:
             return None
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CreditlabError(f"cannot create output folder {self.out}: {exc.strerror}; choose another --out") from None
+        check_writable(self.out)
+        for stale in self.out.glob(".*.tmp"):
+            # Left by a process killed in the middle of a write; the real file is intact.
+            stale.unlink(missing_ok=True)
         config_path = self.out / "config.json"
         if config_path.exists():
             try:
                 saved = io.read_json(config_path)["config"]
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, TypeError):
                 raise CreditlabError(f"{config_path} is unreadable; delete the folder or choose another --out") from None
             mine = self.config.to_dict()
             differ = [k for k in mine if k not in RunConfig.RESUMABLE and saved.get(k) != mine[k]]
@@ -193,18 +272,24 @@ class Run:
                     f"choose another --out or delete that folder")
             summary_path = self.out / "summary.json"
             if summary_path.exists():
-                summary = io.read_json(summary_path)
+                try:
+                    summary = io.read_json(summary_path)
+                except (OSError, ValueError):
+                    raise CreditlabError(f"{summary_path} is unreadable; delete it to finish the run again") from None
                 if summary.get("epochs") == self.config.epochs and summary.get("status") == "finished":
                     return summary
-        elif any(self.out.iterdir()):
+        elif any(p for p in self.out.iterdir() if not p.name.startswith(".")):
             raise CreditlabError(f"{self.out} is not empty and holds no run; choose another --out")
         return None
 
-    def _save_checkpoint(self, epoch, rule, optimizer, scheduler, generator) -> None:
-        if self.out is None:
+    def _save_checkpoint(self, epoch: int, rule, optimizer, scheduler, generator,
+                         progress: _EpochProgress | None = None) -> None:
+        self._last_checkpoint = time.monotonic()
+        if self.out is None or not distributed.is_main():
             return
         state = {
             "epoch": epoch,
+            "progress": progress.to_state() if progress is not None else None,
             "rule": rule.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -220,20 +305,25 @@ class Run:
         path = self.out / "checkpoint.pt" if self.out is not None else None
         if path is None or not path.exists():
             return
-        from .checkpoint import load_checkpoint, load_state_checked
-
         state = load_checkpoint(path)
         load_state_checked(rule, state["rule"], path)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if torch.cuda.is_available() and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        generator.set_state(state["rng"]["shuffle"])
-        self.start_epoch = int(state["epoch"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"]["torch"])
+            if torch.cuda.is_available() and state["rng"]["cuda"]:
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            generator.set_state(state["rng"]["shuffle"])
+            self.start_epoch = int(state["epoch"])
+            if state.get("progress") is not None:
+                self._resumed_progress = _EpochProgress(**state["progress"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise CreditlabError(f"checkpoint {path} is incomplete or of another run ({exc}); "
+                                 f"delete it to start the run afresh") from None
         metrics_path = self.out / "metrics.jsonl"
         self.history = io.read_jsonl(metrics_path)[: self.start_epoch] if metrics_path.exists() else []
-        log.info("resuming %s from epoch %d", self.out, self.start_epoch)
+        step = self._resumed_progress.step if self._resumed_progress else 0
+        log.info("resuming %s at epoch %d, step %d", self.out, self.start_epoch + 1, step)
 
     # -- training ------------------------------------------------------------
 
@@ -244,80 +334,100 @@ class Run:
             log.info("%s already finished; nothing to do", self.out)
             return finished
         device = pick_device(config.device)
+        distributed.setup(device)
         dataset = data.load(config.data, config.data_dir, config.val_size).to(device)
         torch.manual_seed(config.seed)
         rule = build_rule(config, dataset).to(device)
+        distributed.broadcast_parameters(rule)
         optimizer = make_optimizer(config, rule)
         scheduler = make_scheduler(config, optimizer)
         generator = torch.Generator().manual_seed(config.seed)
-        if self.out is not None:
+        if self.out is not None and distributed.is_main():
             io.write_json(self.out / "config.json", {"config": config.to_dict(), "environment": environment(device)})
         self._load_checkpoint(rule, optimizer, scheduler, generator)
 
-        for epoch in range(self.start_epoch, config.epochs):
-            record = self._train_epoch(epoch, rule, optimizer, dataset, generator)
-            scheduler.step()
-            record.update(epoch=epoch + 1, val_error=metrics.error_rate(rule, dataset.val),
-                          test_error=metrics.error_rate(rule, dataset.test), lr=optimizer.param_groups[0]["lr"])
-            record.update(rule.epoch_metrics(dataset))
-            weight_angles = rule.weight_angles()
-            if weight_angles is not None:
-                record["weight_angle_deg"] = weight_angles
-            self.history.append(record)
-            log.info("%s seed %d epoch %d/%d: loss %.4f, val error %.2f%%, test error %.2f%%",
-                     config.rule, config.seed, epoch + 1, config.epochs, record["train_loss"],
-                     100 * record["val_error"], 100 * record["test_error"])
-            if self.out is not None:
-                io.write_jsonl(self.out / "metrics.jsonl", self.history)
+        with _SignalGuard() as guard:
+            for epoch in range(self.start_epoch, config.epochs):
+                progress = self._resumed_progress
+                self._resumed_progress = None
+                if progress is None:
+                    progress = _EpochProgress(order=torch.randperm(len(dataset.train), generator=generator))
+                record = self._train_epoch(epoch, progress, rule, optimizer, scheduler, dataset, generator, guard)
+                scheduler.step()
+                record.update(epoch=epoch + 1, val_error=metrics.error_rate(rule, dataset.val),
+                              test_error=metrics.error_rate(rule, dataset.test), lr=optimizer.param_groups[0]["lr"])
+                record.update(rule.epoch_metrics(dataset))
+                weight_angles = rule.weight_angles()
+                if weight_angles is not None:
+                    record["weight_angle_deg"] = weight_angles
+                self.history.append(record)
+                log.log(logging.INFO if distributed.is_main() else logging.DEBUG,
+                        "%s seed %d epoch %d/%d: loss %.4f, val error %.2f%%, test error %.2f%%",
+                        config.rule, config.seed, epoch + 1, config.epochs, record["train_loss"],
+                        100 * record["val_error"], 100 * record["test_error"])
+                if self.out is not None and distributed.is_main():
+                    io.write_jsonl(self.out / "metrics.jsonl", self.history)
                 self._save_checkpoint(epoch + 1, rule, optimizer, scheduler, generator)
         summary = self.summary("finished")
-        if self.out is not None:
+        if self.out is not None and distributed.is_main():
             io.write_json(self.out / "summary.json", summary)
         return summary
 
-    def _train_epoch(self, epoch, rule, optimizer, dataset, generator) -> dict:
+    def _train_epoch(self, epoch, progress: _EpochProgress, rule, optimizer, scheduler, dataset, generator,
+                     guard: _SignalGuard) -> dict:
         config = self.config
-        losses, angles, seconds, examples = [], [], 0.0, 0
-        forward = backward = 0.0
-        extra: dict[str, float] = {}
-        steps = math.ceil(len(dataset.train) / config.batch_size)
-        bar = tqdm(dataset.train.batches(config.batch_size, generator), total=steps, leave=False,
+        n_train = len(dataset.train)
+        steps = math.ceil(n_train / config.batch_size)
+        order = progress.order.to(dataset.train.x.device)
+        bar = tqdm(range(progress.step, steps), initial=progress.step, total=steps, leave=False,
                    desc=f"{config.rule} s{config.seed} epoch {epoch + 1}", disable=not self.progress or None)
-        for step, (x, y) in enumerate(bar):
+        for step in bar:
+            index = distributed.shard(order[step * config.batch_size:(step + 1) * config.batch_size])
+            x, y = dataset.train.x[index], dataset.train.y[index]
             start = time.perf_counter()
             if dataset.augment is not None:
                 x = dataset.augment(x, generator)
             stats = rule.step(x, y)
             loss = stats["loss"]
-            if not _finite([torch.as_tensor(loss)] + [p.grad for p in rule.parameters()]):
-                raise DivergenceError(self._divergence_message(epoch, step, "the loss or an update"))
             if step % config.angle_every == 0:
                 pause = time.perf_counter()
-                angles.append(metrics.update_angles(rule, x, y))
+                progress.angles.append(metrics.update_angles(rule, x, y))
                 start += time.perf_counter() - pause
+            distributed.average_gradients(rule.parameters(), float(len(y)))
+            if not _finite([torch.as_tensor(loss)] + [p.grad for p in rule.parameters()]):
+                raise DivergenceError(self._divergence_message(epoch, step, "the loss or an update"))
             optimizer.step()
             if not _finite(list(rule.parameters())):
                 raise DivergenceError(self._divergence_message(epoch, step, "a weight"))
-            seconds += time.perf_counter() - start
-            examples += len(y)
-            losses.append(float(loss))
-            forward += stats.get("forward_passes", 1)
-            backward += stats.get("backward_passes", 0)
+            progress.seconds += time.perf_counter() - start
+            progress.examples += len(y)
+            progress.losses.append(float(loss))
+            progress.forward += stats.get("forward_passes", 1)
+            progress.backward += stats.get("backward_passes", 0)
             for key, value in stats.items():
                 if key not in _COUNTED_STATS and isinstance(value, (int, float, torch.Tensor)):
-                    extra[key] = extra.get(key, 0.0) + float(value)
+                    progress.extra[key] = progress.extra.get(key, 0.0) + float(value)
+            progress.step = step + 1
             if step % 20 == 0:
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        n = len(losses)
+                bar.set_postfix(loss=f"{progress.losses[-1]:.3f}")
+            if guard.signum is not None:
+                self._save_checkpoint(epoch, rule, optimizer, scheduler, generator, progress)
+                raise RunInterrupted(guard.signum, self.out / "checkpoint.pt" if self.out else None)
+            if progress.step < steps and time.monotonic() - self._last_checkpoint > self.checkpoint_interval:
+                self._save_checkpoint(epoch, rule, optimizer, scheduler, generator, progress)
+        n = len(progress.losses)
+        # Under torchrun, losses and example counts are summed over processes.
+        loss_sum, examples, batches = distributed.all_sum([sum(progress.losses), progress.examples, n])
+        angles = progress.angles
         layer_angles = [sum(a[i] for a in angles) / len(angles) for i in range(len(angles[0]))] if angles else []
         return {
-            "train_loss": sum(losses) / n,
+            "train_loss": loss_sum / batches,
             "update_angle_deg": layer_angles,
-            "examples_per_second": examples / seconds if seconds > 0 else math.nan,
-            "forward_passes_per_update": forward / n,
-            "backward_passes_per_update": backward / n,
-            "seconds": seconds,
-            "rule_stats": {key: total / n for key, total in extra.items()},
+            "examples_per_second": examples / progress.seconds if progress.seconds > 0 else math.nan,
+            "forward_passes_per_update": progress.forward / n,
+            "backward_passes_per_update": progress.backward / n,
+            "seconds": progress.seconds,
+            "rule_stats": {key: total / n for key, total in progress.extra.items()},
         }
 
     def _divergence_message(self, epoch: int, step: int, what: str) -> str:
@@ -356,6 +466,11 @@ class Run:
         }
 
 
-def train(config: RunConfig, out: str | Path | None = None, progress: bool = True) -> dict:
-    """Train per `config`, writing to `out` if given; resume if `out` holds this run's checkpoint."""
-    return Run(config, out, progress).run()
+def train(config: RunConfig, out: str | Path | None = None, progress: bool = True,
+          checkpoint_interval: float = 300.0) -> dict:
+    """Train per `config`, writing to `out` if given; resume if `out` holds this run's checkpoint.
+
+    Besides the checkpoint after every epoch, one is written mid-epoch whenever
+    `checkpoint_interval` seconds have passed since the last.
+    """
+    return Run(config, out, progress, checkpoint_interval).run()

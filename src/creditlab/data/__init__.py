@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import CreditlabError
-from .idx import read_idx
+from .idx import check_sha256, parse_idx, read_bytes
 from .sources import RemoteFile, locate
 
 log = logging.getLogger(__name__)
@@ -134,13 +134,16 @@ def load_mnist_like(name: str, data_dir: str | Path | None = None, val_size: int
     files = [RemoteFile(n, h) for n, h in info["sha256"].items()]
     paths = locate(name, files, data_dir, info["mirrors"], download)
 
-    def read(stem, ndim, count, shape):
-        return read_idx(paths[stem], ndim, count, shape, info["sha256"][stem] if verify else None)
-
-    train_images = read("train-images-idx3-ubyte", 3, 60000, (28, 28))
-    train_labels = read("train-labels-idx1-ubyte", 1, 60000, ())
-    test_images = read("t10k-images-idx3-ubyte", 3, 10000, (28, 28))
-    test_labels = read("t10k-labels-idx1-ubyte", 1, 10000, ())
+    # Check the structure of all four files first: a wrong count or a bad magic
+    # number says more about a damaged copy than a checksum does.
+    raw = {stem: read_bytes(path) for stem, path in paths.items()}
+    train_images = parse_idx(raw["train-images-idx3-ubyte"], paths["train-images-idx3-ubyte"], 3, 60000, (28, 28))
+    train_labels = parse_idx(raw["train-labels-idx1-ubyte"], paths["train-labels-idx1-ubyte"], 1, 60000, ())
+    test_images = parse_idx(raw["t10k-images-idx3-ubyte"], paths["t10k-images-idx3-ubyte"], 3, 10000, (28, 28))
+    test_labels = parse_idx(raw["t10k-labels-idx1-ubyte"], paths["t10k-labels-idx1-ubyte"], 1, 10000, ())
+    if verify:
+        for stem, data in raw.items():
+            check_sha256(data, paths[stem], info["sha256"][stem])
     for stem, labels in (("train-labels-idx1-ubyte", train_labels), ("t10k-labels-idx1-ubyte", test_labels)):
         if labels.max() > 9:
             raise CreditlabError(f"{paths[stem]} holds label {labels.max()}, expected 0-9; replace the file")
@@ -152,6 +155,14 @@ def load_mnist_like(name: str, data_dir: str | Path | None = None, val_size: int
 
 
 DATASETS = ("digits", "mnist", "fashion-mnist")
+
+# Input shape (C, H, W), number of classes and training-set size (validation
+# included) of each dataset, known without loading it.
+SHAPES = {
+    "digits": ((1, 8, 8), 10, 1437),
+    "mnist": ((1, 28, 28), 10, 60000),
+    "fashion-mnist": ((1, 28, 28), 10, 60000),
+}
 
 
 @functools.lru_cache(maxsize=2)

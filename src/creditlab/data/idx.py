@@ -55,16 +55,21 @@ def parse_idx(data: bytes, path: Path, ndim: int, count: int | None = None,
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
+def check_sha256(data: bytes, path: Path, sha256: str) -> None:
+    """Raise if the uncompressed bytes of `path` do not have the expected sha256 digest."""
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise CreditlabError(
+            f"{path} fails its checksum (sha256 of the uncompressed bytes is {digest[:16]}..., "
+            f"expected {sha256[:16]}...); the file is corrupt or not the official release: "
+            f"delete it and download it again")
+
+
 def read_idx(path: Path, ndim: int, count: int | None = None,
              item_shape: tuple[int, ...] | None = None, sha256: str | None = None) -> np.ndarray:
     """Read an IDX file; with `sha256`, the uncompressed bytes must have that digest."""
     data = read_bytes(path)
     array = parse_idx(data, path, ndim, count, item_shape)
     if sha256 is not None:
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != sha256:
-            raise CreditlabError(
-                f"{path} fails its checksum (sha256 of the uncompressed bytes is {digest[:16]}..., "
-                f"expected {sha256[:16]}...); the file is corrupt or not the official release: "
-                f"delete it and download it again")
+        check_sha256(data, path, sha256)
     return array

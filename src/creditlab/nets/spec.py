@@ -81,5 +81,9 @@ def parse(spec: str) -> NetSpec:
                 dense.append(_positive(token, spec))
         if not conv or not dense:
             raise CreditlabError(f"invalid net spec {spec!r}: a conv net needs at least one conv block (c32) and an output size")
+        pools = sum(c.pool for c in conv)
+        if shape[1] >> pools == 0 or shape[2] >> pools == 0:
+            raise CreditlabError(f"net spec {spec!r} pools the {shape[1]}x{shape[2]} input {pools} times, down to "
+                                 f"nothing; use fewer p blocks")
         return NetSpec("conv", shape, tuple(conv), tuple(dense), spec)
     raise CreditlabError(f"unknown net kind {kind!r} in {spec!r}: use mlp:... or conv:...")

@@ -110,7 +110,7 @@ def mnist_folder(tmp_path, damage: str):
 
 
 @pytest.mark.parametrize("damage, message", [
-    ("count", "holds 9999 items, expected 10000"),
+    ("count", "has 9999 items, expected 10000"),
     ("magic", "magic number 0x00000d03"),
     ("truncated", "truncated or padded"),
     ("gzip", "corrupt or truncated gzip"),
@@ -151,7 +151,7 @@ def test_checkpoint_of_other_net_is_refused(tmp_path, finished_run, capsys):
 def test_folder_of_other_run_is_refused(finished_run, capsys):
     before = snapshot(finished_run)
     check_error(["train", "--rule", "fa", "--epochs", "1", "--out", str(finished_run), "--no-progress"],
-                "holds a different run (rule='bp', not 'fa')", capsys)
+                "contains a different run (rule='bp', not 'fa')", capsys)
     assert snapshot(finished_run) == before
 
 

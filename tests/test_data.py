@@ -27,7 +27,7 @@ def test_idx_roundtrip_raw_and_gzip(tmp_path):
 @pytest.mark.parametrize("mangle, message", [
     (lambda b: b"\x00\x00\x09\x03" + b[4:], "magic number"),
     (lambda b: b[:-100], "truncated"),
-    (lambda b: b[:4] + struct.pack(">I", 6) + b[8:], "holds 6 items"),
+    (lambda b: b[:4] + struct.pack(">I", 6) + b[8:], "has 6 items"),
     (lambda b: b[:8] + struct.pack(">I", 27) + b[12:], "shape"),
     (lambda b: b[:10], "too short"),
 ])

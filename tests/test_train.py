@@ -60,7 +60,7 @@ def test_finished_run_is_not_repeated(tmp_path):
 
 def test_folder_of_another_run_is_rejected(tmp_path):
     train(RunConfig(epochs=1), tmp_path / "r", progress=False)
-    with pytest.raises(CreditlabError, match="holds a different run"):
+    with pytest.raises(CreditlabError, match="contains a different run"):
         train(RunConfig(epochs=1, rule="fa"), tmp_path / "r", progress=False)
 
 

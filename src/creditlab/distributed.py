@@ -3,10 +3,10 @@
 Rules write their whole update into `.grad`, including updates that never pass
 through autograd (feedback weights, perturbation estimates), so averaging
 every `.grad` across processes averages the rules' updates. That is what
-DistributedDataParallel does for autograd gradients; it cannot be used as a
-wrapper here because many rules never call the wrapped module's forward, so
-this module all-reduces the gradients itself, weighting each process by its
-share of the batch so the result equals one process on the combined batch.
+DistributedDataParallel does for autograd gradients. Its wrapper cannot be
+used here because many rules never call the wrapped module's forward, so this
+module all-reduces the gradients itself. Each process is weighted by its share
+of the batch, so the result equals one process on the combined batch.
 """
 
 import logging

@@ -218,7 +218,7 @@ class _SignalGuard:
 
 @dataclass
 class _EpochProgress:
-    """Where a run stands inside an epoch; saved in mid-epoch checkpoints."""
+    """Position and partial statistics of a run inside an epoch, saved in mid-epoch checkpoints."""
     order: torch.Tensor
     step: int = 0
     losses: list = field(default_factory=list)
@@ -268,7 +268,7 @@ class Run:
             if differ:
                 key = differ[0]
                 raise CreditlabError(
-                    f"{self.out} holds a different run ({key}={saved.get(key)!r}, not {mine[key]!r}); "
+                    f"{self.out} contains a different run ({key}={saved.get(key)!r}, not {mine[key]!r}); "
                     f"choose another --out or delete that folder")
             summary_path = self.out / "summary.json"
             if summary_path.exists():
@@ -279,7 +279,7 @@ class Run:
                 if summary.get("epochs") == self.config.epochs and summary.get("status") == "finished":
                     return summary
         elif any(p for p in self.out.iterdir() if not p.name.startswith(".")):
-            raise CreditlabError(f"{self.out} is not empty and holds no run; choose another --out")
+            raise CreditlabError(f"{self.out} is not empty and contains no run; choose another --out")
         return None
 
     def _save_checkpoint(self, epoch: int, rule, optimizer, scheduler, generator,
@@ -468,7 +468,7 @@ class Run:
 
 def train(config: RunConfig, out: str | Path | None = None, progress: bool = True,
           checkpoint_interval: float = 300.0) -> dict:
-    """Train per `config`, writing to `out` if given; resume if `out` holds this run's checkpoint.
+    """Train per `config`, writing to `out` if given; resume if `out` contains this run's checkpoint.
 
     Besides the checkpoint after every epoch, one is written mid-epoch whenever
     `checkpoint_interval` seconds have passed since the last.

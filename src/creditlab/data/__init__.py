@@ -135,7 +135,7 @@ def load_mnist_like(name: str, data_dir: str | Path | None = None, val_size: int
     paths = locate(name, files, data_dir, info["mirrors"], download)
 
     # Check the structure of all four files first: a wrong count or a bad magic
-    # number says more about a damaged copy than a checksum does.
+    # number describes a damaged copy better than a checksum mismatch.
     raw = {stem: read_bytes(path) for stem, path in paths.items()}
     train_images = parse_idx(raw["train-images-idx3-ubyte"], paths["train-images-idx3-ubyte"], 3, 60000, (28, 28))
     train_labels = parse_idx(raw["train-labels-idx1-ubyte"], paths["train-labels-idx1-ubyte"], 1, 60000, ())
@@ -146,7 +146,7 @@ def load_mnist_like(name: str, data_dir: str | Path | None = None, val_size: int
             check_sha256(data, paths[stem], info["sha256"][stem])
     for stem, labels in (("train-labels-idx1-ubyte", train_labels), ("t10k-labels-idx1-ubyte", test_labels)):
         if labels.max() > 9:
-            raise CreditlabError(f"{paths[stem]} holds label {labels.max()}, expected 0-9; replace the file")
+            raise CreditlabError(f"{paths[stem]} has label {labels.max()}, expected 0-9; replace the file")
     train_x, test_x = _standardise(train_images[:, None], [test_images[:, None]], 255.0)
     train, val = _hold_out(train_x, torch.from_numpy(train_labels.astype(np.int64)),
                            5000 if val_size is None else val_size)

@@ -44,9 +44,9 @@ def parse_idx(data: bytes, path: Path, ndim: int, count: int | None = None,
             f"for a {ndim}-dimensional IDX file of unsigned bytes; {fix}")
     dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     if count is not None and dims[0] != count:
-        raise CreditlabError(f"{path} holds {dims[0]} items, expected {count}; {fix}")
+        raise CreditlabError(f"{path} has {dims[0]} items, expected {count}; {fix}")
     if item_shape is not None and dims[1:] != item_shape:
-        raise CreditlabError(f"{path} holds items of shape {dims[1:]}, expected {item_shape}; {fix}")
+        raise CreditlabError(f"{path} has items of shape {dims[1:]}, expected {item_shape}; {fix}")
     body = data[4 + 4 * ndim:]
     size = int(np.prod(dims))
     if len(body) != size:

@@ -1,4 +1,4 @@
-"""Where dataset files are looked for, and the checked download when none are found."""
+"""Search order for dataset files, and a checksum-verified download when none are found."""
 
 import gzip
 import hashlib
@@ -62,10 +62,10 @@ def locate(name: str, files: list[RemoteFile], data_dir: str | Path | None,
             return fetch(files, mirrors, target)
         except CreditlabError as exc:
             log.warning("%s", exc)
-    wanted = ", ".join(f.name + "[.gz]" for f in files)
+    expected = ", ".join(f.name + "[.gz]" for f in files)
     where = ", ".join(str(p) for p in searched)
     raise CreditlabError(
-        f"dataset {name!r} not found: put {wanted} in one of [{where}], or pass --data-dir DIR")
+        f"dataset {name!r} not found: put {expected} in one of [{where}], or pass --data-dir DIR")
 
 
 def fetch(files: list[RemoteFile], mirrors: list[str], target: Path) -> dict[str, Path]:

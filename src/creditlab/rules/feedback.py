@@ -21,7 +21,7 @@ from .base import OptimizerDefaults, Rule, option
 
 
 def _random_like(weight: torch.Tensor, scale: float) -> torch.Tensor:
-    """A random tensor drawn like a Glorot-uniform forward weight of the same shape, times `scale`."""
+    """Draw a tensor like a Glorot-uniform forward weight of the same shape, times `scale`."""
     b = torch.empty_like(weight)
     nn.init.xavier_uniform_(b)
     return b * scale

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from creditlab import io, metrics
+from creditlab import io, metrics, rules
 from creditlab.errors import CreditlabError, DivergenceError
 from creditlab.train import Run, RunConfig, train
 
@@ -19,7 +19,7 @@ def test_run_folder_contents(tmp_path):
     lines = io.read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["epoch"] for r in lines] == [1, 2]
     config = io.read_json(tmp_path / "run" / "config.json")
-    assert config["config"]["optimizer"] == "adam"
+    assert config["config"]["optimizer"] == rules.get("fa").defaults.name
     assert config["environment"]["torch"] == torch.__version__
 
 

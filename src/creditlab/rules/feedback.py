@@ -17,7 +17,7 @@ from torch import nn
 
 from ..metrics import angle_deg
 from . import register
-from .base import OptimizerDefaults, Rule, option
+from .base import SGD_DEFAULTS, OptimizerDefaults, Rule, option
 
 
 def _random_like(weight: torch.Tensor, scale: float) -> torch.Tensor:
@@ -29,6 +29,8 @@ def _random_like(weight: torch.Tensor, scale: float) -> torch.Tensor:
 
 class _FeedbackPathRule(Rule):
     """Common step: forward with B_l in the backward pass of every block, then `after_backward`."""
+
+    defaults = SGD_DEFAULTS
 
     def feedback(self) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -112,7 +114,6 @@ class KolenPollack(_FeedbackPathRule):
     description = "Kolen-Pollack: feedback weights get the transpose of the forward update and the same decay"
     reference = "Kolen & Pollack 1994; Akrout, Wilson, Humphreys, Lillicrap & Tweed 2019"
     Options = KPOptions
-    defaults = OptimizerDefaults("sgd", lr=0.05, momentum=0.9)
 
     def __init__(self, net, options=None):
         super().__init__(net, options)
@@ -152,7 +153,7 @@ class WeightMirror(_FeedbackPathRule):
     description = "Weight mirror: feedback weights learn W^T from noise sent through each layer in a mirror phase"
     reference = "Akrout, Wilson, Humphreys, Lillicrap & Tweed 2019"
     Options = WeightMirrorOptions
-    defaults = OptimizerDefaults("adam", lr=1e-3, feedback_lr=1e-2)
+    defaults = OptimizerDefaults("sgd", lr=0.05, feedback_lr=1e-2, momentum=0.9)
 
     def __init__(self, net, options=None):
         super().__init__(net, options)
@@ -204,6 +205,7 @@ class DirectFeedbackAlignment(Rule):
     description = "Direct feedback alignment: the output error reaches each hidden layer through its own random matrix"
     reference = "Nøkland 2016"
     Options = DFAOptions
+    defaults = SGD_DEFAULTS
 
     def __init__(self, net, options=None):
         super().__init__(net, options)

@@ -1,7 +1,7 @@
 """Backpropagation, the reference every other rule is measured against."""
 
 from . import register
-from .base import Rule
+from .base import SGD_DEFAULTS, Rule
 
 
 @register
@@ -9,6 +9,7 @@ class Backprop(Rule):
     name = "bp"
     description = "Backpropagation: the exact gradient by automatic differentiation"
     reference = "Rumelhart, Hinton & Williams 1986"
+    defaults = SGD_DEFAULTS
 
     def step(self, x, y):
         self.clear_grads()

@@ -48,6 +48,7 @@ DIGITS_CASES = [
     (["compare", "--rules", "bp", "-o", "kp.decay=1"], "options given for rule 'kp'"),
     (["compare", "--rules", "bp", "-o", "decay=1"], "name the rule"),
     (["compare", "--rules", "bp", "--lr", "nan"], "invalid lr nan"),
+    (["compare", "--rules", "bp", "--jobs", "0"], "invalid jobs 0"),
     (["sweep", "does-not-exist.toml"], "not found"),
 ]
 

@@ -47,3 +47,12 @@ def test_compare_records_diverged_run_and_goes_on(tmp_path):
     runs = json.loads((out / "summary.json").read_text())["runs"]
     assert [r["status"] for r in runs] == ["diverged", "diverged"]
     assert "diverged" in (out / "report.md").read_text()
+
+
+def test_compare_with_two_jobs_keeps_order(tmp_path):
+    out = tmp_path / "cmp"
+    assert cli.main(["compare", "--rules", "bp,dfa", "--seeds", "0,1", "--epochs", "1", "--jobs", "2",
+                     "--out", str(out), "--no-progress"]) == 0
+    runs = json.loads((out / "summary.json").read_text())["runs"]
+    assert [(r["rule"], r["seed"], r["status"]) for r in runs] == [
+        ("bp", 0, "finished"), ("bp", 1, "finished"), ("dfa", 0, "finished"), ("dfa", 1, "finished")]

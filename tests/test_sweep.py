@@ -12,7 +12,8 @@ import torch
 
 from creditlab import io
 from creditlab.errors import CreditlabError
-from creditlab.sweep import expand, load_sweep, run_trial, trial_name
+from creditlab.compare import run_recording_divergence
+from creditlab.sweep import expand, load_sweep, trial_name
 from creditlab.train import TIMING_FIELDS
 
 
@@ -73,7 +74,7 @@ def ray_trial_pids() -> list[int]:
                 cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if cmdline.startswith(b"ray::run_trial"):
+            if cmdline.startswith(b"ray::run_recording_divergence"):
                 pids.append(int(entry.name))
     return pids
 
@@ -112,7 +113,7 @@ seed = [0, 1]
     torch.set_num_threads(1)  # Ray runs each one-CPU trial with one thread
     try:
         for config, folder in zip(configs, folders):
-            reference = run_trial(config.to_dict(), str(tmp_path / "reference" / folder.name), 1e9)
+            reference = run_recording_divergence(config.to_dict(), str(tmp_path / "reference" / folder.name), 1e9)
             summary = io.read_json(folder / "summary.json")
             assert summary["status"] == "finished"
             for key in reference:

@@ -103,7 +103,7 @@ def cmd_compare(args) -> int:
     options = _rule_options(args.option, names)
     out = args.out or f"runs/compare-{args.data}"
     records = compare(names, _base_config(args), _seeds(args.seeds), out, options, progress=not args.no_progress,
-                      checkpoint_interval=args.checkpoint_interval)
+                      checkpoint_interval=args.checkpoint_interval, jobs=args.jobs)
     diverged = sum(r["status"] != "finished" for r in records)
     print(f"{len(records)} runs ({diverged} diverged); report in {out}/report.md")
     return 0
@@ -151,6 +151,8 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train several rules and seeds on one task and write a report")
     p.add_argument("--rules", default=None, help="comma-separated rule names (default: every classification rule)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once in separate processes, which share the CPU threads (default: 1)")
     p.add_argument("--out", default=None, help="output folder for summary.json, report.md, plots and one folder "
                    "per run (default: runs/compare-DATA)")
     _add_run_options(p, epochs=20)

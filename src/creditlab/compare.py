@@ -1,8 +1,12 @@
 """Run several rules and seeds on one task and write a side-by-side report."""
 
+import concurrent.futures
 import dataclasses
 import logging
+import multiprocessing
 from pathlib import Path
+
+import torch
 
 from tqdm.auto import tqdm
 
@@ -19,15 +23,18 @@ def run_name(rule: str, seed: int) -> str:
 
 def compare(rule_names: list[str], base: RunConfig, seeds: list[int], out: str | Path,
             options: dict[str, dict] | None = None, progress: bool = True,
-            checkpoint_interval: float = 300.0) -> list[dict]:
+            checkpoint_interval: float = 300.0, jobs: int = 1) -> list[dict]:
     """Train every (rule, seed) pair with `base`'s settings; write summary.json, report.md and plots to `out`.
 
     `options` maps a rule name to its rule options. A run that diverges is
-    recorded with status "diverged" and the others carry on.
+    recorded with status "diverged" and the others carry on. With `jobs` > 1
+    the runs go to that many worker processes, which share the CPU threads.
     """
     out = Path(out)
     options = options or {}
     unknown = [name for name in options if name not in rule_names]
+    if jobs < 1:
+        raise CreditlabError(f"invalid jobs {jobs}: give a positive number of worker processes")
     if unknown:
         raise CreditlabError(f"options given for rule {unknown[0]!r}, which is not in --rules; add it or drop the option")
     configs = []
@@ -38,22 +45,51 @@ def compare(rule_names: list[str], base: RunConfig, seeds: list[int], out: str |
             configs.append(config.resolved())
     check_writable(out)
 
-    records, histories = [], {}
-    bar = tqdm(configs, desc="compare", disable=not progress or None)
-    for config in bar:
-        bar.set_postfix(run=run_name(config.rule, config.seed))
-        folder = out / "runs" / run_name(config.rule, config.seed)
-        run = Run(config, folder, progress=progress, checkpoint_interval=checkpoint_interval)
-        try:
-            summary = run.run()
-        except DivergenceError as exc:
-            log.error("%s", exc)
-            summary = run.summary("diverged")
-            summary["error"] = str(exc)
-            io.write_json(folder / "summary.json", summary)
-        records.append(summary)
+    folders = [out / "runs" / run_name(c.rule, c.seed) for c in configs]
+    if jobs > 1:
+        summaries = _run_parallel(configs, folders, jobs, checkpoint_interval, progress)
+    else:
+        summaries = []
+        bar = tqdm(list(zip(configs, folders)), desc="compare", disable=not progress or None)
+        for config, folder in bar:
+            bar.set_postfix(run=run_name(config.rule, config.seed))
+            summaries.append(run_recording_divergence(config.to_dict(), str(folder), checkpoint_interval, progress))
+            io.write_json(out / "summary.json", {"runs": summaries})
+
+    histories = {}
+    for config, folder in zip(configs, folders):
         metrics_path = folder / "metrics.jsonl"
         histories[(config.rule, config.seed)] = io.read_jsonl(metrics_path) if metrics_path.exists() else []
-        io.write_json(out / "summary.json", {"runs": records})
-    report.write_report(out, records, histories)
-    return records
+    io.write_json(out / "summary.json", {"runs": summaries})
+    report.write_report(out, summaries, histories)
+    return summaries
+
+
+def run_recording_divergence(config: dict, folder: str, checkpoint_interval: float, progress: bool = False,
+                             threads: int | None = None) -> dict:
+    """Train one run in its folder; a diverged run gets a summary with status "diverged" instead of raising."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    run = Run(RunConfig(**config), folder, progress=progress, checkpoint_interval=checkpoint_interval)
+    try:
+        return run.run()
+    except DivergenceError as exc:
+        log.error("%s", exc)
+        summary = run.summary("diverged")
+        summary["error"] = str(exc)
+        io.write_json(Path(folder) / "summary.json", summary)
+        return summary
+
+
+def _run_parallel(configs, folders, jobs: int, checkpoint_interval: float, progress: bool) -> list[dict]:
+    """Run the configs in `jobs` worker processes, splitting the CPU threads between them."""
+    threads = max(1, torch.get_num_threads() // jobs)
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = [pool.submit(run_recording_divergence, c.to_dict(), str(f), checkpoint_interval, False, threads)
+                   for c, f in zip(configs, folders)]
+        bar = tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc="compare",
+                   disable=not progress or None)
+        for _ in bar:
+            pass
+        return [f.result() for f in futures]

@@ -39,8 +39,9 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from . import io, report, rules
-from .errors import CreditlabError, DivergenceError
-from .train import Run, RunConfig, check_writable
+from .compare import run_recording_divergence
+from .errors import CreditlabError
+from .train import RunConfig, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -167,19 +168,6 @@ def trial_label(config: RunConfig, configs: list[RunConfig]) -> str:
     return " ".join(parts)
 
 
-def run_trial(config_dict: dict, folder: str, checkpoint_interval: float) -> dict:
-    """Train one trial in its folder (resuming it if a checkpoint is there); record divergence."""
-    config = RunConfig(**config_dict)
-    run = Run(config, folder, progress=False, checkpoint_interval=checkpoint_interval)
-    try:
-        return run.run()
-    except DivergenceError as exc:
-        summary = run.summary("diverged")
-        summary["error"] = str(exc)
-        io.write_json(Path(folder) / "summary.json", summary)
-        return summary
-
-
 def sweep(path: str | Path, address: str | None = None, out: str | Path | None = None,
           cpus_per_trial: float = 1.0, max_retries: int = 3, checkpoint_interval: float = 60.0,
           progress: bool = True) -> list[dict]:
@@ -199,7 +187,7 @@ def sweep(path: str | Path, address: str | None = None, out: str | Path | None =
     if pending:
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-        remote = ray.remote(num_cpus=cpus_per_trial, max_retries=max_retries)(run_trial)
+        remote = ray.remote(num_cpus=cpus_per_trial, max_retries=max_retries)(run_recording_divergence)
         futures = [remote.remote(c.to_dict(), str(f.resolve()), checkpoint_interval) for c, f in pending]
         with tqdm(total=len(futures), desc="sweep", disable=not progress or None) as bar:
             waiting = list(futures)

@@ -1,8 +1,8 @@
 """Time the batched perturbations of wp and np against plain forward passes, in one run.
 
 For each net it reports, on one minibatch:
-- np: the K perturbed networks run as one batched pass, against K plain forward
-  passes of the same batch (the ratio the batching must keep near 1);
+- np: the perturbed networks run as one batched pass, and a whole update,
+  against as many plain forward passes of the same batch;
 - wp: how a step's time splits between drawing the noise, the perturbed forward
   passes and forming the estimate;
 - examples per second of a whole step of bp, wp, np and hebbian;
@@ -64,22 +64,25 @@ def bench_net(spec: str, batch: int, draws: int, repeats: int, peak: float) -> d
         plain = best_time(lambda: [net(x) for _ in range(draws)], repeats)
     result["plain_forward_s"] = plain
 
-    # np: `draws` one-sided perturbed networks, so both sides of the comparison run the same count.
-    node = rules.build("np", nets.build(spec), perturbations=draws, antithetic=False)
-    noise = node.draw_noise(draws, batch)
-    result["np_noise_s"] = best_time(lambda: node.draw_noise(draws, batch), repeats)
+    # np and wp both run `draws` perturbed networks: draws / 2 antithetic pairs, the default form.
+    pairs = draws // 2
+    node = rules.build("np", nets.build(spec), perturbations=pairs)
+    noise = node.draw_noise(pairs, batch)
+    result["np_noise_s"] = best_time(lambda: node.draw_noise(pairs, batch), repeats)
     result["np_pass_s"] = best_time(lambda: node.perturbed_pass(x, y, noise), repeats)
     result["np_pass_over_plain"] = result["np_pass_s"] / plain
     result["np_step_s"] = best_time(lambda: node.step(x, y), repeats)
     result["np_step_over_plain"] = result["np_step_s"] / plain
+    clean = rules.build("np", nets.build(spec), perturbations=pairs, eligibility="clean")
+    result["np_clean_step_s"] = best_time(lambda: clean.step(x, y), repeats)
+    result["np_clean_step_over_plain"] = result["np_clean_step_s"] / plain
     result["np_pass_flops_share"] = flops(lambda: node.perturbed_pass(x, y, noise)) / result["np_pass_s"] / peak
 
-    # wp: the default antithetic form with draws / 2 pairs, so it too runs `draws` networks.
-    weight = rules.build("wp", nets.build(spec), perturbations=draws // 2)
-    wnoise = weight.draw_noise(draws // 2)
+    weight = rules.build("wp", nets.build(spec), perturbations=pairs)
+    wnoise = weight.draw_noise(pairs)
     losses = weight.perturbed_losses(x, y, wnoise)
     changes = weight._loss_changes(losses, None)
-    result["wp_noise_s"] = best_time(lambda: weight.draw_noise(draws // 2), repeats)
+    result["wp_noise_s"] = best_time(lambda: weight.draw_noise(pairs), repeats)
     result["wp_pass_s"] = best_time(lambda: weight.perturbed_losses(x, y, wnoise), repeats)
     result["wp_estimate_s"] = best_time(lambda: weight.estimate(changes, wnoise), repeats)
     result["wp_step_s"] = best_time(lambda: weight.step(x, y), repeats)
@@ -120,12 +123,13 @@ def main() -> None:
     io.write_json(out / "speed.json", {"environment": environment, "results": results})
     lines = [f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s, {args.threads} thread(s), torch {torch.__version__}; "
              f"batch {args.batch}, {args.draws} perturbed networks per update.", "",
-             "| net | np pass / plain | np step / plain | wp pass / plain | wp noise / pass / estimate (ms) "
-             "| np, wp pass share of peak | examples/s bp, wp, np, hebbian |", "|---|---|---|---|---|---|---|"]
+             "| net | np pass / plain | np step / plain (clean eligibility) | np noise (ms) | wp pass / plain "
+             "| wp noise / pass / estimate (ms) | np, wp pass share of peak | examples/s bp, wp, np, hebbian |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         s = r["examples_per_second_default_options"]
         lines.append(f"| {r['net']} | {r['np_pass_over_plain']:.2f} | {r['np_step_over_plain']:.2f} "
-                     f"| {r['wp_pass_over_plain']:.2f} "
+                     f"({r['np_clean_step_over_plain']:.2f}) | {1e3 * r['np_noise_s']:.1f} | {r['wp_pass_over_plain']:.2f} "
                      f"| {1e3 * r['wp_noise_s']:.1f} / {1e3 * r['wp_pass_s']:.1f} / {1e3 * r['wp_estimate_s']:.1f} "
                      f"| {100 * r['np_pass_flops_share']:.0f}%, {100 * r['wp_pass_flops_share']:.0f}% "
                      f"| {s['bp']:,.0f}, {s['wp']:,.0f}, {s['np']:,.0f}, {s['hebbian']:,.0f} |")

@@ -62,6 +62,7 @@ QUADRATIC_CASES = [
     (NodePerturbation, {}),
     (NodePerturbation, {"antithetic": False}),
     (NodePerturbation, {"per_layer": True}),
+    (NodePerturbation, {"eligibility": "clean"}),
 ]
 
 
@@ -205,9 +206,12 @@ def test_np_update_is_hand_written_product(form):
         torch.testing.assert_close(block.layer.bias.grad, expected_b)
 
 
-def test_np_antithetic_pair_uses_mean_input():
+@pytest.mark.parametrize("eligibility", ["perturbed", "clean"])
+def test_np_antithetic_pair_input(eligibility):
+    # The pair's update pairs the error with the mean of its two inputs, or with
+    # the clean network's input when eligibility is clean.
     sigma = 1e-2
-    rule = build(NodePerturbation, "mlp:7-5-3", "tanh", perturbations=1, noise_std=sigma)
+    rule = build(NodePerturbation, "mlp:7-5-3", "tanh", perturbations=1, noise_std=sigma, eligibility=eligibility)
     x = torch.randn(4, 7, dtype=torch.float64)
     y = torch.randint(0, 3, (4,))
     torch.manual_seed(3)
@@ -218,7 +222,11 @@ def test_np_antithetic_pair_uses_mean_input():
     minus_inputs, minus = hand_forward(rule.net, x, [-n for n in noise], sigma)
     change = (F.cross_entropy(plus, y, reduction="none") - F.cross_entropy(minus, y, reduction="none")) / 2
     error = (change / len(y) / sigma**2)[:, None] * (sigma * noise[1])
-    expected = error.t() @ ((plus_inputs[1] + minus_inputs[1]) / 2)
+    clean_inputs, _ = hand_forward(rule.net, x, [0.0] * 2, sigma)
+    if eligibility == "perturbed":
+        expected = error.t() @ ((plus_inputs[1] + minus_inputs[1]) / 2)
+    else:
+        expected = error.t() @ clean_inputs[1]
     torch.testing.assert_close(rule.net.blocks[1].weight.grad, expected)
 
 
@@ -321,6 +329,12 @@ def test_forward_passes_counted(rule_name, options, passes):
     assert stats["backward_passes"] == 0
 
 
+def test_np_clean_eligibility_adds_clean_pass():
+    rule = rules.build("np", nets.build("mlp:64-16-12-10"), perturbations=5, eligibility="clean")
+    stats = rule.step(torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)))
+    assert stats["forward_passes"] == 11
+
+
 @pytest.mark.parametrize("rule_name", ["wp", "np"])
 def test_invalid_options_raise(rule_name):
     net = nets.build("mlp:64-10")
@@ -385,7 +399,7 @@ def test_sanger_units_converge_to_leading_components_in_order():
     generator = torch.Generator().manual_seed(1)
     x, basis = gaussian_inputs(4000, [6.0, 3.0, 1.5, 0.5, 0.2, 0.1], generator)
     rule = build(Hebbian, "mlp:6-3-2", "tanh")
-    train_hidden(rule, x, 1500, lr=0.02)
+    train_hidden(rule, x, 600, lr=0.03)
     w = rule.net.blocks[0].weight.detach()
     for i in range(3):
         assert abs(float(w[i] @ basis[:, i])) > 0.97, f"unit {i} is not principal component {i}"

@@ -24,6 +24,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -164,6 +165,8 @@ def plot_cosines(study: dict, path: Path) -> None:
                     label=f"{name} theory (slope {slope['theory']:+.2f})")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(xs, [str(v) for v in xs], minor=False)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel(labels[sweep])
         ax.set_ylabel("cosine with the exact gradient")
         ax.grid(True, which="both", alpha=0.3)
@@ -195,9 +198,11 @@ def budget_study(base, budget: float, max_epochs: int, options: dict, out: Path,
 
     from .train import Run
 
-    entries = [("bp", "bp", base.net), ("wp", "wp", base.net), ("np", "np", base.net),
-               ("hebbian", "hebbian", base.net), ("linear", "bp", _hidden_spec(nets.parse(base.net).input_size, [],
-                                                                                nets.parse(base.net).output_size))]
+    parsed = nets.parse(base.net)
+    linear = _hidden_spec(parsed.input_size, [], parsed.output_size)
+    # The cheapest runs go first, so their figures exist while wp is still training.
+    entries = [("bp", "bp", base.net), ("linear", "bp", linear), ("hebbian", "hebbian", base.net),
+               ("np", "np", base.net), ("wp", "wp", base.net)]
     results = []
     for label, rule_name, spec in entries:
         rule_options = options.get(label, {})
@@ -281,6 +286,9 @@ def run(out: str | Path, data_name: str = "digits", batch_size: int = 64, repeat
                              options, progress)
         plot_cosines(study, out / "cosine.png")
         result["cosine"] = study
+        # Written now as well, so the sweeps' results exist while the training runs go on.
+        io.write_json(out / "scaling.json", result)
+        write_report(out, study, None, settings)
     budget_results = None
     if budget_config is not None:
         settings.update(budget_data=budget_config.data, budget_net=budget_config.net)

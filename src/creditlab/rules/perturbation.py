@@ -131,8 +131,10 @@ class _PerturbationRule(Rule):
     def _forward_passes(self, groups: int) -> int:
         """Forward passes of the estimator: 2K per group (antithetic) or K per group plus the clean pass."""
         per_group = self.options.perturbations * self.signs
-        clean = 0 if (self.options.antithetic and not self.options.per_layer) else 1
-        return groups * per_group + clean
+        return groups * per_group + (1 if self._needs_clean_pass() else 0)
+
+    def _needs_clean_pass(self) -> bool:
+        return not self.options.antithetic or self.options.per_layer
 
     def _clean_activities(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.net.activities(x)
@@ -244,6 +246,10 @@ class NPOptions(_PerturbationOptions):
                         "only for batch size 1)",
                         "Williams 1992 perturbs each trial on its own; the shared form mirrors wp",
                         choices=("per-example", "shared"))
+    eligibility: str = option("perturbed", "input h_{l-1} in the update xi_l h_{l-1}^T: perturbed (each perturbed "
+                              "network's own layer input, as for REINFORCE with noisy units) or clean (the input of "
+                              "one extra clean forward pass; equal to O(sigma^2), with a K times smaller outer product)",
+                              "Williams 1992 uses each unit's actual input", choices=("perturbed", "clean"))
 
 
 @register
@@ -263,6 +269,9 @@ class NodePerturbation(_PerturbationRule):
         for i in chosen:
             noise[i] = torch.randn((draws, rows, *shapes[i]), device=device, dtype=dtype)
         return noise
+
+    def _needs_clean_pass(self) -> bool:
+        return super()._needs_clean_pass() or self.options.eligibility == "clean"
 
     def _preactivation_shapes(self) -> list[torch.Size]:
         if not hasattr(self, "_shapes"):
@@ -341,10 +350,10 @@ class NodePerturbation(_PerturbationRule):
         if shared:
             # The same input for every perturbed network: average the error over draws first.
             return _weight_gradient(block, error.mean(0), block.prepare(h))
-        signs = h.shape[0]
-        members = error.unsqueeze(0).expand(signs, *error.shape)
-        merged_input = block.prepare(_merge(h))
-        return _weight_gradient(block, _merge(members), merged_input) / (signs * error.shape[0])
+        # Both members of a pair share the error, so their inputs can be averaged
+        # first: the outer product then runs over K * B rows instead of S * K * B.
+        mean_input = h.mean(0).flatten(0, 1)
+        return _weight_gradient(block, error.flatten(0, 1), block.prepare(mean_input)) / error.shape[0]
 
     @staticmethod
     def _bias_estimate(block, error: torch.Tensor) -> torch.Tensor:
@@ -373,9 +382,12 @@ class NodePerturbation(_PerturbationRule):
                 grads[i] = self.estimate(changes(losses, clean), noise, inputs)[i]
             loss = clean.mean()
         else:
-            clean = None if self.options.antithetic else self.example_losses(self.net(x), y)
+            activities = self._clean_activities(x) if self._needs_clean_pass() else None
+            clean = None if self.options.antithetic else self.example_losses(activities[-1], y)
             noise = self.draw_noise(draws, batch)
             losses, inputs = self.perturbed_pass(x, y, noise)
+            if self.options.eligibility == "clean":
+                inputs = [(h, True) for h in activities[:-1]]
             grads = self.estimate(changes(losses, clean), noise, inputs)
             # Without a clean pass the mean loss of the perturbed networks stands for
             # the clean loss; it exceeds it by O(sigma^2).

@@ -1,9 +1,9 @@
 """The scaling study of weight and node perturbation.
 
-Part one measures, on a fixed net and minibatch, the mean cosine between each
-rule's estimate and the exact gradient as a function of the number of draws K,
-the layer width and the depth, beside the value theory predicts in the small-sigma
-limit. Part two trains bp, wp, np and hebbian on one dataset and compares the
+Part one measures the mean cosine between each rule's estimate and the exact
+gradient on a fixed net and minibatch. It varies the number of draws K, the
+layer width and the depth, and sets the small-sigma theory's value beside each
+point. Part two trains bp, wp, np and hebbian on one dataset and compares the
 test error each reaches within a fixed budget of forward passes per training
 example, with a linear classifier beside them.
 
@@ -72,8 +72,8 @@ def np_expected_error(rule, x, y, draws: int) -> float:
             z = block.preactivation(h)
             preactivations.append(z)
             h = block.nonlinearity(z)
-        # Per-example gradients: the examples do not interact, so the gradient of
-        # the summed losses holds each example's own row.
+        # Per-example gradients: the examples do not interact, so row b of the
+        # gradient of the summed losses is example b's own gradient.
         total = rule.example_losses(h, y).sum()
         deltas = torch.autograd.grad(total, preactivations)
     layer_norms = torch.stack([d.flatten(1).pow(2).sum(1) for d in deltas])  # (L, B)

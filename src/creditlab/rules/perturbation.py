@@ -15,7 +15,7 @@ the difference of the pair's losses, so K draws cost 2K forward passes and no
 clean pass. One-sided sampling costs K perturbed passes plus one clean pass.
 
 hebbian trains its hidden layers with a normalised Hebbian rule and no error
-signal at all; only the readout learns from the labels (the delta rule).
+signal at all. Only the readout learns from the labels, by the delta rule.
 """
 
 from dataclasses import dataclass
@@ -72,7 +72,8 @@ def _weight_noise_effect(block, h: torch.Tensor, noise_w: torch.Tensor, noise_b:
 class _PerturbationOptions:
     perturbations: int = option(32, "K, independent noise draws per update; each costs two forward passes with "
                                 "antithetic sampling, one without (count)",
-                                "chosen: keeps the default digits comparison near bp's cost per epoch times K")
+                                "chosen: 64 forward passes per update take wp under 12% and np under 5% test error "
+                                "on MNIST with mlp:784-256-10 in 10 epochs")
     noise_std: float = option(1e-3, "sigma, standard deviation of the Gaussian perturbation (units of the perturbed "
                               "weight or preactivation)",
                               "chosen: small enough that the O(sigma^2) bias is negligible, large enough that "
@@ -173,8 +174,8 @@ class WeightPerturbation(_PerturbationRule):
                          h: torch.Tensor | None = None) -> torch.Tensor:
         """Return the minibatch loss of every perturbed network, shape (S, K).
 
-        The weights of each block from `start` on move by +-sigma * noise (blocks
-        whose noise is None stay clean); `h` is the clean input to block `start`.
+        The weights of each block from `start` on move by +-sigma * noise, and blocks
+        whose noise is None stay clean. `h` is the clean input to block `start`.
         """
         sigma = self.options.noise_std
         h = x if h is None else h
@@ -327,8 +328,8 @@ class NodePerturbation(_PerturbationRule):
 
         `changes` is (K, B) per example or (K,) for shared noise, from _loss_changes.
         Member s of an antithetic pair has noise s * xi and loss change s * dL, so
-        the signs cancel and the pair contributes dL / sigma^2 * xi times each
-        member's own input: the mean of the two inputs.
+        the signs cancel. The pair then contributes dL / sigma^2 * xi times the
+        mean of its two members' inputs.
         """
         sigma = self.options.noise_std
         if changes.dim() == 1:
@@ -418,6 +419,8 @@ class HebbianOptions:
                               "normalisation)",
                               "Oja 1982; Sanger 1989; Krotov & Hopfield 2019 for the competitive form",
                               choices=("sanger", "competitive"))
+    # NOTE: on standardised MNIST with tanh units the competitive form saturates
+    # every hidden unit alike, so its readout stays near chance; sanger does not.
     anti_hebbian: float = option(0.4, "competitive rule: strength Delta of the anti-Hebbian update of the rank-k unit, "
                                  "relative to the winner's (dimensionless)", "chosen")
     rank: int = option(2, "competitive rule: rank k of the unit that gets the anti-Hebbian update (2 = runner-up)",

@@ -137,17 +137,6 @@ class _PerturbationRule(Rule):
     def _needs_clean_pass(self) -> bool:
         return not self.options.antithetic or self.options.per_layer
 
-    def _clean_activities(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.net.activities(x)
-
-    def _run_clean_rest(self, h: torch.Tensor, start: int) -> torch.Tensor:
-        """Run blocks[start:] unperturbed on a batched (S, K, B, ...) activity."""
-        shape = h.shape[:3]
-        h = _merge(h)
-        for block in self.net.blocks[start:]:
-            h = block(h)
-        return h.unflatten(0, shape)
-
 
 # -- weight perturbation ------------------------------------------------------
 
@@ -215,7 +204,7 @@ class WeightPerturbation(_PerturbationRule):
         blocks = self.net.blocks
         grads: list = [None] * len(blocks)
         if self.options.per_layer:
-            activities = self._clean_activities(x)
+            activities = self.net.activities(x)
             clean = self.loss(activities[-1], y)
             for i in range(len(blocks)):
                 noise = self.draw_noise(draws, [i])
@@ -375,7 +364,7 @@ class NodePerturbation(_PerturbationRule):
             return self._loss_changes(losses, clean)
 
         if self.options.per_layer:
-            activities = self._clean_activities(x)
+            activities = self.net.activities(x)
             clean = self.example_losses(activities[-1], y)
             for i in range(len(blocks)):
                 noise = self.draw_noise(draws, batch, [i])
@@ -383,7 +372,7 @@ class NodePerturbation(_PerturbationRule):
                 grads[i] = self.estimate(changes(losses, clean), noise, inputs)[i]
             loss = clean.mean()
         else:
-            activities = self._clean_activities(x) if self._needs_clean_pass() else None
+            activities = self.net.activities(x) if self._needs_clean_pass() else None
             clean = None if self.options.antithetic else self.example_losses(activities[-1], y)
             noise = self.draw_noise(draws, batch)
             losses, inputs = self.perturbed_pass(x, y, noise)

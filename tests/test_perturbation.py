@@ -486,3 +486,7 @@ def test_scaling_command_rejects_bad_lists(tmp_path, capsys):
 
     assert main(["scaling", "--out", str(tmp_path), "--k-values", "1,x", "--skip-budget"]) == 2
     assert "invalid --k-values '1,x'" in capsys.readouterr().err
+    assert main(["scaling", "--out", str(tmp_path), "--budget", "0"]) == 2
+    assert "invalid --budget 0.0" in capsys.readouterr().err
+    assert main(["scaling", "--out", str(tmp_path), "--draws", "-1"]) == 2
+    assert "invalid --draws -1" in capsys.readouterr().err

@@ -113,6 +113,11 @@ def cmd_scaling(args) -> int:
             raise CreditlabError(f"invalid {name} {text!r}: give positive integers separated by commas")
         return values
 
+    for name in ("repeats", "draws", "base_width"):
+        if getattr(args, name) <= 0:
+            raise CreditlabError(f"invalid --{name.replace('_', '-')} {getattr(args, name)}: give a positive integer")
+    if not (args.budget > 0 and args.budget != float("inf")):
+        raise CreditlabError(f"invalid --budget {args.budget}: give a positive number of forward passes, e.g. 640")
     options = _rule_options(args.option, ["wp", "np", "hebbian", "bp", "linear"])
     budget_config = None
     if not args.skip_budget:

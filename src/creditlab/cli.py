@@ -121,6 +121,37 @@ def cmd_sweep(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_scaling(args) -> int:
+    from . import scaling
+
+    def integers(text, name):
+        try:
+            values = [int(v) for v in _split_list(text)]
+        except ValueError:
+            raise CreditlabError(f"invalid {name} {text!r}: give positive integers separated by commas") from None
+        if not values or min(values) <= 0:
+            raise CreditlabError(f"invalid {name} {text!r}: give positive integers separated by commas")
+        return values
+
+    for name in ("repeats", "draws", "base_width"):
+        if getattr(args, name) <= 0:
+            raise CreditlabError(f"invalid --{name.replace('_', '-')} {getattr(args, name)}: give a positive integer")
+    if not (args.budget > 0 and args.budget != float("inf")):
+        raise CreditlabError(f"invalid --budget {args.budget}: give a positive number of forward passes, e.g. 640")
+    options = _rule_options(args.option, ["wp", "np", "hebbian", "bp", "linear"])
+    budget_config = None
+    if not args.skip_budget:
+        budget_config = dataclasses.replace(_base_config(args), data=args.budget_data,
+                                            net=args.budget_net)
+    out = args.out or "runs/scaling"
+    scaling.run(out, args.data, args.batch_size, args.repeats, integers(args.k_values, "--k-values"),
+                integers(args.widths, "--widths"), integers(args.depths, "--depths"), args.draws,
+                args.base_width, budget_config, args.budget, args.epochs, options, args.data_dir,
+                args.skip_cosine, progress=not args.no_progress)
+    print(f"scaling study written to {out}/report.md")
+    return 0
+
+
 def cmd_rules(args) -> int:
     for name in rules.names(args.task):
         cls = rules.get(name)
@@ -169,6 +200,30 @@ def make_parser() -> argparse.ArgumentParser:
                    help="seconds between mid-epoch checkpoints of each trial (default: 60)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("scaling", help="scaling study of wp and np: cosine with the gradient against K, width and "
+                       "depth, and test error at a fixed budget of forward passes")
+    p.add_argument("--out", default=None, help="output folder for report.md, scaling.json and plots "
+                   "(default: runs/scaling)")
+    p.add_argument("--repeats", type=int, default=10, help="independent estimates per point of the cosine sweeps "
+                   "(default: 10)")
+    p.add_argument("--k-values", default="1,2,4,8,16,32,64,128,256,512",
+                   help="numbers of draws K of the K sweep (default: 1,2,4,...,512)")
+    p.add_argument("--widths", default="16,32,64,128,256,512",
+                   help="hidden widths of the width sweep, two hidden layers (default: 16,32,64,128,256,512)")
+    p.add_argument("--depths", default="1,2,3,4,6,8", help="hidden layers of the depth sweep (default: 1,2,3,4,6,8)")
+    p.add_argument("--draws", type=int, default=16, help="draws K in the width and depth sweeps (default: 16)")
+    p.add_argument("--base-width", type=int, default=64,
+                   help="hidden width of the K and depth sweeps, units (default: 64)")
+    p.add_argument("--skip-cosine", action="store_true", help="skip the cosine sweeps")
+    p.add_argument("--skip-budget", action="store_true", help="skip the training runs at a fixed budget")
+    p.add_argument("--budget", type=float, default=640.0, help="forward-pass equivalents per training example that "
+                   "each rule may spend; a backward pass counts as two (default: 640)")
+    p.add_argument("--budget-data", default="mnist", help="dataset of the budget study (default: mnist)")
+    p.add_argument("--budget-net", default="mlp:784-256-10", help="net of the budget study; the linear "
+                   "classifier uses its input and output sizes (default: mlp:784-256-10)")
+    _add_run_options(p, epochs=20)
+    p.set_defaults(func=cmd_scaling)
 
     p = sub.add_parser("rules", help="list the learning rules")
     p.add_argument("--task", default="classification", help="list the rules of this task (default: classification)")

@@ -21,6 +21,10 @@ PUBLISHED: dict[tuple[str, str, str], dict[str, tuple[float, str]]] = {
         "fa": (1.85, "Bartunov et al. 2018, Table 1"),
         "dfa": (2.75, "Bartunov et al. 2018, Table 1"),
     },
+    # A net without hidden layers is a linear classifier, whatever the activation.
+    ("mnist", "mlp:784-10", "tanh"): {
+        "bp": (12.0, "LeCun et al. 1998, linear classifier on raw pixels, as listed on the MNIST page"),
+    },
 }
 
 

@@ -377,13 +377,18 @@ class PredictiveCoding(Rule):
     def loss(self, output, y):
         return self.output_cost(output, y).mean()
 
-    def free_energy(self, x: torch.Tensor, values: list[torch.Tensor], y: torch.Tensor | None) -> torch.Tensor:
-        """Per-example F = sum_l 1/2 |v_l - mu_l|^2 + gamma C(mu_L, y); without y the output is free (no cost term)."""
+    def free_energy(self, x: torch.Tensor, values: list[torch.Tensor], y: torch.Tensor | None,
+                    first_prediction: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-example F = sum_l 1/2 |v_l - mu_l|^2 + gamma C(mu_L, y); without y the output is free (no cost term).
+
+        `first_prediction` may hold mu_1 = W_1 x + b_1, which the value nodes do not change.
+        """
         blocks = self.net.blocks
         total = torch.zeros(len(x), device=x.device, dtype=x.dtype)
         below = x
-        for block, value in zip(blocks[:-1], values):
-            error = value - block.preactivation(below)
+        for i, (block, value) in enumerate(zip(blocks[:-1], values)):
+            prediction = first_prediction if i == 0 and first_prediction is not None else block.preactivation(below)
+            error = value - prediction
             total = total + 0.5 * (error**2).flatten(1).sum(1)
             below = block.nonlinearity(value)
         if y is not None:
@@ -400,12 +405,13 @@ class PredictiveCoding(Rule):
                 value = block.preactivation(below)
                 values.append(value)
                 below = block.nonlinearity(value)
+        first = values[0] if values else None
         initial = math.nan
         residual, done = 0.0, 0
         for done in range(1, o.inference_steps + 1 if values else 1):
             values = [v.detach().requires_grad_() for v in values]
             with torch.enable_grad():
-                energy = self.free_energy(x, values, y)
+                energy = self.free_energy(x, values, y, first)
                 grads = torch.autograd.grad(energy.sum(), values)
             if done == 1:
                 initial = float(energy.detach().mean())
@@ -415,7 +421,7 @@ class PredictiveCoding(Rule):
             values = [v.detach() - o.inference_rate * g for v, g in zip(values, grads)]
         values = [v.detach() for v in values]
         with torch.no_grad():
-            final = float(self.free_energy(x, values, y).mean())
+            final = float(self.free_energy(x, values, y, first).mean())
         return Inference(values, done, residual, final, final if math.isnan(initial) else initial)
 
     def step(self, x, y):

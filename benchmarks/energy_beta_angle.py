@@ -1,10 +1,10 @@
 """Plot the angle between ep's update and the exact gradient as the nudging strength beta shrinks.
 
-Trains the energy net briefly with ep (so the weights are not at their random
-start), then, at those weights, measures for each beta and each nudging
-variant the angle per layer between ep's update and the exact gradient of the
-cost at the free fixed point, averaged over a few batches. The relaxations run
-to a tight tolerance in float64, so what remains is the bias of finite beta.
+Trains the energy net briefly with ep, so the weights leave their random start.
+At those weights it measures, for each beta and nudging variant, the angle per
+layer between ep's update and the exact gradient of the cost at the free fixed
+point, averaged over a few batches. The relaxations run to a tight tolerance in
+float64, so what remains is the bias of a finite beta.
 
     python benchmarks/energy_beta_angle.py --data mnist --out /tmp/ep-beta
 """

@@ -1,10 +1,10 @@
 """Benchmark the energy-based rules against bp on MNIST or Fashion-MNIST, on the same layer shapes.
 
-Runs `creditlab.compare.compare` for every net (one folder each under --out),
-then writes energy_table.md beside the compare reports: test error (mean ± std
-over seeds), relaxation steps per update, seconds per epoch and their ratio to
-bp's, and the published figure where one is known. Finished runs are not
-repeated, so the command can be restarted after an interruption.
+Runs `creditlab.compare.compare` for every net, one folder each under --out.
+Then it writes energy_table.md beside each compare report, with the test error
+(mean ± std over seeds), relaxation steps per update, seconds per epoch and
+their ratio to bp's, and the published figure where one is known. Finished
+runs are not repeated, so the command can be restarted after an interruption.
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/energy_mnist.py --data mnist \\
         --nets mlp:784-500-10 --seeds 0,1,2 --epochs 30 --out /tmp/energy-mnist
@@ -26,10 +26,9 @@ log = logging.getLogger("energy_mnist")
 
 RULES = "bp,ep,ap,pc,chl,generec"
 
-# Rule options of the benchmark, beyond each rule's defaults: step budgets the
-# two-hidden-layer MNIST net needs to settle (Laborieux et al. 2021 relax their
-# MNIST MLPs for 30 free and 10 nudged steps), and pc with the cross-entropy
-# output that bp and the other rules train with.
+# Rule options of the benchmark, beyond each rule's defaults. The step budgets
+# are what the two-hidden-layer MNIST net needs to settle, and pc takes the
+# cross-entropy output that bp and the other rules train with.
 BENCHMARK_OPTIONS = {
     "ep": {"free_steps": 30, "nudged_steps": 10},
     "ap": {"free_steps": 40, "adjoint_steps": 40},

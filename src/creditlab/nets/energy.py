@@ -96,7 +96,7 @@ class Relaxation:
     potentials: list[torch.Tensor]  # u_1..u_K of the relaxed layers
     activities: list[torch.Tensor]  # [x, s_1, ..., s_K], then the clamped output when the phase clamps
     steps: int
-    residual: float  # max |u_new - u_old| / dt over units and examples at the last step
+    residual: float  # max |h - u| = |dE/ds| over units and examples at the last step
     energy: float  # batch mean of the energy this phase minimised (E + beta C when nudged)
 
 

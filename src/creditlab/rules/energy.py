@@ -71,8 +71,8 @@ def _mean_phase_stats(name: str, relaxations: list[Relaxation]) -> dict[str, flo
 
 
 def _passes(relaxation_steps: float, evaluations: int) -> dict[str, float]:
-    # A relaxation step sends activity through every weight bottom-up and top-down
-    # (two forward-pass equivalents); a weight-gradient evaluation costs one more.
+    # A relaxation step sends activity through every weight bottom-up and top-down,
+    # two forward-pass equivalents. A weight-gradient evaluation costs one more.
     return {"relaxation_steps": relaxation_steps, "forward_passes": 2 * relaxation_steps + evaluations,
             "backward_passes": 0}
 
@@ -131,7 +131,7 @@ class _EnergyRule(Rule):
             p.grad = g.detach()
 
     def reference_gradients(self, x, y):
-        """The exact gradient of the mean cost at the free fixed point, by implicit differentiation, per layer."""
+        """Return the exact gradient of the mean cost at the free fixed point, per layer, by implicit differentiation."""
         net = self.net
         with torch.no_grad():
             free = net.relax(x, steps=max(REFERENCE_STEPS, net.free_steps), tol=REFERENCE_TOL)

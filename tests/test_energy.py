@@ -231,6 +231,23 @@ def test_random_sign_nudges_average_to_symmetric():
     torch.testing.assert_close(0.5 * (by_sign[0.2] + by_sign[-0.2]), symmetric)
 
 
+@pytest.mark.parametrize("cost, activation", COSTS)
+def test_ap_with_separate_feedback_equals_backprop_through_relaxation(cost, activation):
+    # Without symmetric weights there is no energy, but the fixed point and
+    # its exact gradient, the top-down weights' included, still exist.
+    net = energy_net(activation=activation)
+    ap = rules.build("ap", net, cost=cost, feedback="separate", free_steps=300, adjoint_steps=300, tol=1e-13)
+    x, y = batch()
+    ap.step(x, y)
+    assert len(ap.feedback_weights) == (1 if cost == "ce" else 2)  # a readout sends no activity down
+    update = torch.cat([p.grad.flatten() for p in net.dynamics_parameters()])
+    result = net.relax(x, steps=200, tol=0.0)
+    loss = net.cost(result.activities, one_hot(y)).mean()
+    expected = torch.cat([g.flatten() for g in torch.autograd.grad(loss, net.dynamics_parameters())])
+    assert relative_error(update, expected) < 1e-8
+    assert all(0.0 < a < 180.0 for a in ap.weight_angles())
+
+
 # -- chl and generec ---------------------------------------------------------------
 
 
@@ -276,6 +293,33 @@ def test_generec_basic_is_postsynaptic_difference_times_minus_activity():
         torch.testing.assert_close(block.layer.bias.grad, -difference.mean(0))
 
 
+@pytest.mark.parametrize("variant", ["basic", "symmetric-midpoint"])
+def test_generec_separate_feedback_equal_to_weights_matches_symmetric(variant):
+    net = energy_net(readout=False)
+    x, y = batch()
+    settings = dict(variant=variant, free_steps=50, clamped_steps=50)
+    rules.build("generec", net, **settings).step(x, y)
+    symmetric = [w.grad.clone() for w in net.weights()]
+    rule = rules.build("generec", net, feedback="separate", **settings)
+    with torch.no_grad():
+        for b, w in zip(rule.feedback_weights, net.weights()[1:]):
+            b.copy_(w)
+    rule.step(x, y)
+    for w, expected in zip(net.weights(), symmetric):
+        torch.testing.assert_close(w.grad, expected)
+    free = net.relax(x, steps=50)
+    clamped = net.relax(x, free.potentials[:-1], Phase(target=one_hot(y), clamp=True), steps=50)
+    plus, minus = clamped.activities, free.activities
+    for layer, b in enumerate(rule.feedback_weights, start=2):
+        below_change = plus[layer - 1] - minus[layer - 1]
+        if variant == "basic":
+            expected = -minus[layer].T @ below_change / len(x)
+        else:
+            mean_above, mean_below = 0.5 * (plus[layer] + minus[layer]), 0.5 * (plus[layer - 1] + minus[layer - 1])
+            expected = -(mean_above.T @ below_change + (plus[layer] - minus[layer]).T @ mean_below) / len(x)
+        torch.testing.assert_close(b.grad, expected)
+
+
 # -- pc ------------------------------------------------------------------------------
 
 
@@ -308,7 +352,7 @@ def test_pc_matches_bp_for_small_output_error(spec, cost):
     assert max(angles[1.0]) > 10 * max(angles[1e-3])
 
 
-def test_pc_update_is_local_prediction_error_times_presynaptic_activity():
+def test_pc_update_is_local_error_times_input():
     net = nets.build("mlp:20-16-12-5", "tanh")
     rule = rules.build("pc", net)
     x, y = batch()

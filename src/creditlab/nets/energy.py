@@ -1,7 +1,7 @@
 """Layered energy networks (continuous Hopfield networks) and their relaxation to a fixed point.
 
 The net has the blocks of a `LayeredNet` built from the same spec, so its
-weights have the same shapes as the MLP's or conv net's. Layer l = 1..K holds
+weights have the same shapes as the MLP's or conv net's. Layer l = 1..K has
 potentials u_l and activities s_l = rho(u_l); s_0 = x is the clamped input.
 Block l maps s_{l-1} to the drive A_l(s_{l-1}) + b_l, where A_l is a dense
 layer, or a convolution followed by 2x2 max pooling. The energy, written in
@@ -80,7 +80,7 @@ SCHEDULES = ("alternating", "synchronous")
 
 @dataclass
 class Phase:
-    """What a relaxation adds to the free energy: a nudge beta*C towards `target`, or the output held at it."""
+    """A phase's change to the free dynamics: a nudge beta*C towards `target`, or the output held at it."""
     beta: float = 0.0
     target: torch.Tensor | None = None  # one-hot (N, outputs) for classification
     clamp: bool = False
@@ -102,7 +102,7 @@ class Relaxation:
 
 @dataclass
 class Adjoint:
-    """Gradients from the adjoint relaxation, aligned with `net.parameters()`, and how it converged."""
+    """Gradients from the adjoint relaxation, aligned with `net.dynamics_parameters()`, and how it converged."""
     gradients: list[torch.Tensor]
     loss: float
     steps: int
@@ -134,11 +134,14 @@ class EnergyNet(LayeredNet):
         self.dt = 1.0
         self.tol = 1e-4
         self.schedule = "alternating"
+        # Top-down weights B_2..B_L that replace W_l^T when the weights are not symmetric. The rule that owns
+        # them sets this list. The relaxation then descends no energy, so `energy` returns NaN.
+        self.feedback: list[torch.Tensor] | None = None
 
     # -- structure -----------------------------------------------------------
 
     def relaxed_layers(self, phase: Phase | None = None) -> int:
-        """Number K of layers whose potentials relax: L - 1 with a readout or a clamped output, else L."""
+        """Return the number K of layers that relax: L - 1 with a readout or a clamped output, else L."""
         clamp = phase is not None and phase.clamp
         return len(self.blocks) - 1 if self.readout or clamp else len(self.blocks)
 
@@ -154,15 +157,22 @@ class EnergyNet(LayeredNet):
         pooled, indices = F.max_pool2d(z, 2, return_indices=True)
         return pooled, (indices, z.shape[-2:])
 
+    def top_down_weight(self, i: int) -> torch.Tensor:
+        """Return the weight block i sends activity down with: W_i, or B_i when the net has separate feedback."""
+        if self.feedback is not None and 1 <= i <= len(self.feedback):
+            return self.feedback[i - 1]
+        return self.blocks[i].layer.weight
+
     def _down(self, i: int, s_out: torch.Tensor, s_in: torch.Tensor, pool) -> torch.Tensor:
         """Top-down drive A_i^T(s_out) into block i's input, shaped like s_in: the gradient of s_out . A_i(s_in)."""
         block = self.blocks[i]
         if pool is not None:
             indices, size = pool
             s_out = F.max_unpool2d(s_out, indices, 2, output_size=size)
+        weight = self.top_down_weight(i)
         if block.is_conv:
-            return torch.nn.grad.conv2d_input(s_in.shape, block.weight, s_out, block.layer.stride, block.layer.padding)
-        down = s_out @ block.layer.weight
+            return torch.nn.grad.conv2d_input(s_in.shape, weight, s_out, block.layer.stride, block.layer.padding)
+        down = s_out @ weight
         return down.view(s_in.shape) if s_in.dim() != 2 else down
 
     def readout_logits(self, s_top: torch.Tensor) -> torch.Tensor:
@@ -171,7 +181,7 @@ class EnergyNet(LayeredNet):
     # -- state -----------------------------------------------------------------
 
     def feedforward_state(self, x: torch.Tensor, phase: Phase | None = None) -> list[torch.Tensor]:
-        """Potentials of a bottom-up sweep (top-down drive ignored), the usual start of the free phase."""
+        """Return the potentials of a bottom-up sweep (top-down drive ignored), the usual start of the free phase."""
         potentials, s = [], x
         for i in range(self.relaxed_layers(phase)):
             u = self._up(i, s)[0]
@@ -188,13 +198,13 @@ class EnergyNet(LayeredNet):
         return out
 
     def output(self, activities: list[torch.Tensor]) -> torch.Tensor:
-        """The network's output at a state: readout logits, or the output layer's activities."""
+        """Return the network's output at a state: readout logits, or the output layer's activities."""
         if self.readout:
             return self.readout_logits(activities[-1])
         return activities[-1]
 
     def cost(self, activities: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        """Per-example cost C: cross-entropy of the readout, or 1/2 |s_L - y|^2 of the output activities."""
+        """Return the per-example cost C: cross-entropy of the readout, or 1/2 |s_L - y|^2 of the output activities."""
         output = self.output(activities)
         if self.readout:
             return -(target * F.log_softmax(output, 1)).sum(1)
@@ -213,7 +223,7 @@ class EnergyNet(LayeredNet):
         if layer + 1 < len(activities):
             block = self.blocks[layer]
             if s.dim() == 2:  # a dense block between dense layers: one fused multiply-add
-                h = torch.addmm(h, activities[layer + 1], block.layer.weight)
+                h = torch.addmm(h, activities[layer + 1], self.top_down_weight(layer))
             else:
                 pool = self._up(layer, s)[1] if block.pool is not None else None
                 h = h + self._down(layer, activities[layer + 1], s, pool)
@@ -234,7 +244,7 @@ class EnergyNet(LayeredNet):
         """Relax from `potentials` (default: a bottom-up sweep) until the residual is below `tol` or `steps` run out.
 
         Vectorised over the batch. `alternating` updates odd layers, then even
-        layers from the new odd ones; `synchronous` updates every layer from
+        layers from the new odd ones. `synchronous` updates every layer from
         the old state. Without torch.no_grad the steps stay differentiable.
         """
         steps = self.free_steps if steps is None else steps
@@ -279,6 +289,8 @@ class EnergyNet(LayeredNet):
         count = len(activities) - 1
         relaxed = count - (1 if phase is not None and phase.clamp else 0)
         total = torch.zeros(len(activities[0]), device=activities[0].device, dtype=activities[0].dtype)
+        if self.feedback is not None:
+            return total + math.nan
         for layer in range(1, relaxed + 1):
             s = activities[layer]
             u = potentials[layer - 1] if potentials is not None else s
@@ -294,13 +306,15 @@ class EnergyNet(LayeredNet):
                           tol: float, dt: float = 1.0, schedule: str = "alternating") -> "Adjoint":
         """Return the gradient of the mean cost at a free fixed point, by the adjoint of the relaxation.
 
+        The gradients are aligned with `dynamics_parameters()`.
+
         At a fixed point u = f(u, theta) (f: the drives), dL/dtheta = lambda^T
         df/dtheta where lambda = dL/du + (df/du)^T lambda. lambda relaxes with
         the same Euler steps and schedule as the state, each step one
         vector-Jacobian product through a single application of f, so memory
         does not grow with the number of steps (Almeida 1987; Pineda 1987).
         """
-        params = list(self.parameters())
+        params = self.dynamics_parameters()
         count = len(relaxation.potentials)
         u = [p.detach().requires_grad_() for p in relaxation.potentials]
         groups = [range(1, count + 1, 2), range(2, count + 1, 2)] if schedule == "alternating" else [range(1, count + 1)]
@@ -329,6 +343,10 @@ class EnergyNet(LayeredNet):
             total = total_cost + sum((f * l.detach()).sum() for f, l in zip(drives, lam))
             grads = [g / len(x) for g in _grad_or_zeros(total, params)]
         return Adjoint(grads, float(total_cost.detach()) / len(x), done, residual)
+
+    def dynamics_parameters(self) -> list[torch.Tensor]:
+        """The parameters the relaxation depends on: the net's own, then the separate feedback weights if any."""
+        return list(self.parameters()) + list(self.feedback or [])
 
     def forward(self, x: torch.Tensor, feedback=None) -> torch.Tensor:
         """The output at the free fixed point (relaxed with the net's own step budget)."""

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .. import nets
 from ..errors import CreditlabError
+from ..metrics import angle_deg
 from ..nets.energy import SCHEDULES, EnergyNet, Phase, Relaxation, _grad_or_zeros
 from . import register
 from .base import OptimizerDefaults, Rule, option
@@ -96,6 +98,12 @@ class _EnergyRule(Rule):
         o = self.options
         net.readout = self.uses_readout()
         net.free_steps, net.dt, net.tol, net.schedule = o.free_steps, o.dt, o.tol, o.schedule
+        net.feedback = None
+        if getattr(o, "feedback", "symmetric") == "separate":
+            # Only weights that carry activity down need a twin: a readout sends none in the free phase.
+            carrying = net.weights()[1:-1] if net.readout else net.weights()[1:]
+            self.feedback_weights = nn.ParameterList([nn.Parameter(_random_like(w.detach())) for w in carrying])
+            net.feedback = list(self.feedback_weights)
 
     def check_options(self) -> None:
         o = self.options
@@ -127,8 +135,14 @@ class _EnergyRule(Rule):
             return _grad_or_zeros(energy, list(self.net.parameters()))
 
     def write_grads(self, grads: list[torch.Tensor]) -> None:
-        for p, g in zip(self.net.parameters(), grads):
+        """Store gradients aligned with `net.dynamics_parameters()` as the update."""
+        for p, g in zip(self.net.dynamics_parameters(), grads):
             p.grad = g.detach()
+
+    def weight_angles(self):
+        if self.net.feedback is None:
+            return None
+        return [angle_deg(b, w) for b, w in zip(self.net.feedback, self.net.weights()[1:])]
 
     def reference_gradients(self, x, y):
         """Return the exact gradient of the mean cost at the free fixed point, per layer, by implicit differentiation."""
@@ -136,8 +150,20 @@ class _EnergyRule(Rule):
         with torch.no_grad():
             free = net.relax(x, steps=max(REFERENCE_STEPS, net.free_steps), tol=REFERENCE_TOL)
         adjoint = net.adjoint_gradients(x, self.target(y, x), free, REFERENCE_STEPS, REFERENCE_TOL, net.dt, net.schedule)
-        by_id = {id(p): g for p, g in zip(net.parameters(), adjoint.gradients)}
+        by_id = {id(p): g for p, g in zip(net.dynamics_parameters(), adjoint.gradients)}
         return [torch.cat([by_id[id(p)].flatten() for p in layer]) for layer in self.layers()]
+
+
+def _random_like(weight: torch.Tensor) -> torch.Tensor:
+    """Uniform in +-1/sqrt(fan_in) of `weight`, PyTorch's default init for it."""
+    bound = 1.0 / weight[0].numel() ** 0.5
+    return torch.empty_like(weight).uniform_(-bound, bound)
+
+
+def _feedback_option():
+    return option("symmetric", "symmetric: activity goes down through W_l^T; separate: through top-down weights B_l "
+                  "of their own, drawn at random like W_l and learned by the rule", "O'Reilly 1996 lets the "
+                  "reciprocal weights differ; symmetric is the energy-based default", choices=("symmetric", "separate"))
 
 
 def _check_nudge(rule: Rule) -> None:
@@ -264,6 +290,7 @@ class GeneRecOptions(ClampedOptions):
     variant: str = option("basic", "basic: dW = (y+ - y-) x-^T; symmetric-midpoint: dW = (y+ - y-) m(x)^T + "
                           "m(y) (x+ - x-)^T with m the mean of both phases, which equals chl",
                           "O'Reilly 1996", choices=("basic", "symmetric-midpoint"))
+    feedback: str = _feedback_option()
 
 
 @register
@@ -290,9 +317,24 @@ class GeneRec(_ClampedRule):
                     mean_post = 0.5 * (plus[layer] + minus[layer])
                     pre_change = block.prepare(plus[layer - 1] - minus[layer - 1])
                     surrogate = surrogate - (mean_post * F.linear(pre_change, block.weight)).sum()
-            grads = _grad_or_zeros(surrogate / len(x), list(self.net.parameters()))
+                if self.net.feedback is not None and layer > 1:
+                    surrogate = surrogate - self.feedback_surrogate(block, self.net.feedback[layer - 2],
+                                                                    plus[layer - 1:layer + 1], minus[layer - 1:layer + 1])
+            grads = _grad_or_zeros(surrogate / len(x), self.net.dynamics_parameters())
         self.write_grads(grads)
         return self.stats(free, clamped, phase.target)
+
+
+    def feedback_surrogate(self, block, feedback, plus, minus) -> torch.Tensor:
+        """The term whose gradient is -dB for a top-down weight B, whose postsynaptic layer is the lower one."""
+        (below_plus, above_plus), (below_minus, above_minus) = plus, minus
+        below_change = block.prepare(below_plus - below_minus)
+        if self.options.variant == "basic":
+            return (F.linear(above_minus, feedback.t()) * below_change).sum()
+        mean_above = 0.5 * (above_plus + above_minus)
+        mean_below = block.prepare(0.5 * (below_plus + below_minus))
+        return ((F.linear(mean_above, feedback.t()) * below_change).sum()
+                + (F.linear(above_plus - above_minus, feedback.t()) * mean_below).sum())
 
 
 @dataclass
@@ -304,6 +346,7 @@ class APOptions(RelaxationOptions):
                                 "chosen: the adjoint converges at the rate of the free phase, from a larger start")
     cost: str = option("ce", "ce: softmax readout with cross-entropy; mse: output units in the energy with "
                        "C = 1/2 |s_L - y|^2", "chosen to match ep's default", choices=("ce", "mse"))
+    feedback: str = _feedback_option()
 
 
 @register

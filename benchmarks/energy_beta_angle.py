@@ -52,7 +52,7 @@ def parse_args():
 def train_briefly(rule, dataset, steps, batch_size, generator):
     optimizer = torch.optim.Adam(rule.parameters(), lr=1e-3)
     done = 0
-    with tqdm(total=steps, desc="ep training") as bar:
+    with tqdm(total=steps, desc="ep training", disable=None) as bar:
         while done < steps:
             for x, y in dataset.train.batches(batch_size, generator):
                 rule.step(x, y)
@@ -82,7 +82,7 @@ def measure(args) -> dict:
     settings = dict(cost=args.cost, free_steps=args.steps, nudged_steps=args.steps, tol=1e-9)
     angles = {variant: [] for variant in VARIANTS}
     for variant in VARIANTS:
-        for beta in tqdm(betas, desc=variant):
+        for beta in tqdm(betas, desc=variant, disable=None):
             rule = rules.build("ep", net, beta=beta, nudging=variant, **settings)
             per_batch = []
             for x, y in batches:

@@ -1,6 +1,7 @@
 """Network kinds. Feedforward nets live here; energy and Helmholtz nets join as their rules need them."""
 
 from ..errors import CreditlabError
+from .energy import EnergyNet  # noqa: F401
 from .feedforward import ACTIVATIONS, Block, LayeredNet, initialise, make_activation  # noqa: F401
 from .spec import NetSpec, parse  # noqa: F401
 

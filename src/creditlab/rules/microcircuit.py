@@ -32,15 +32,18 @@ from .base import OptimizerDefaults, Rule, option
 log = logging.getLogger(__name__)
 
 PAPER = "Sacramento et al. 2018"
+# The conductances as given in the public reimplementation github.com/phll/Neuro-Backprop of that paper.
+PAPER_VALUE = "Sacramento et al. 2018, value as in the reimplementation phll/Neuro-Backprop"
 
 
 @dataclass
 class MicrocircuitOptions:
     dt: float = option(0.25, "Euler time step (ms)",
-                       "chosen for speed; the paper uses 0.1 ms, and the steady state does not depend on dt")
+                       "chosen for speed; phll/Neuro-Backprop, reimplementing Sacramento et al. 2018, uses 0.1 ms. "
+                       "The steady state does not depend on dt")
     presentation_ms: float = option(3.0, "simulated time each example is shown, teacher on (ms)",
-                                    "chosen for speed: the somata settle within a few ms; the paper shows each "
-                                    "pattern for 100 ms")
+                                    "chosen for speed: the somata settle within a few ms, while phll/Neuro-Backprop "
+                                    "shows each pattern for 100 ms")
     eta_forward: float = option(0.05, "plasticity rate of the forward (basal) weights and biases (1/ms)",
                                 "chosen on digits with batches of 64")
     eta_interneuron: float = option(0.1, "plasticity rate of the pyramidal-to-interneuron weights W^IP (1/ms)",
@@ -48,22 +51,22 @@ class MicrocircuitOptions:
     eta_inhibition: float = option(0.05, "plasticity rate of the interneuron-to-pyramidal weights W^PI (1/ms)",
                                    "chosen on digits: about half the largest stable rate")
     eta_top_down: float = option(0.0, "plasticity rate of the top-down weights B (1/ms); 0 keeps them fixed and random",
-                                 f"{PAPER} keep them fixed in the main experiments")
+                                 "chosen: fixed random feedback, as in feedback alignment")
     top_down_scale: float = option(4.0, "bound of the uniform random top-down weights, in units of the Glorot "
                                    "bound of their shape (dimensionless)", "chosen")
-    g_leak: float = option(0.1, "somatic leak conductance g_lk (1/ms)", PAPER)
-    g_basal: float = option(1.0, "basal-to-soma coupling g_B (1/ms)", PAPER)
-    g_apical: float = option(0.8, "apical-to-soma coupling g_A (1/ms)", PAPER)
-    g_dendrite: float = option(1.0, "interneuron dendrite-to-soma coupling g_D (1/ms)", PAPER)
+    g_leak: float = option(0.1, "somatic leak conductance g_lk (1/ms)", PAPER_VALUE)
+    g_basal: float = option(1.0, "basal-to-soma coupling g_B (1/ms)", PAPER_VALUE)
+    g_apical: float = option(0.8, "apical-to-soma coupling g_A (1/ms)", PAPER_VALUE)
+    g_dendrite: float = option(1.0, "interneuron dendrite-to-soma coupling g_D (1/ms)", PAPER_VALUE)
     g_nudge: float = option(0.8, "teacher conductance g_som onto the output somata (1/ms); small values nudge weakly",
-                            PAPER)
+                            PAPER_VALUE)
     g_interneuron_nudge: float = option(0.8, "conductance g_som^I from the pyramidal neurons above onto the "
-                                        "interneurons (1/ms)", PAPER)
+                                        "interneurons (1/ms)", PAPER_VALUE)
     target_high: float = option(1.0, "target potential of the output neuron of the true class", "chosen (one-hot)")
     target_low: float = option(0.0, "target potential of the other output neurons", "chosen (one-hot)")
     self_predicting: str = option("learn", "how the self-predicting state is reached before the task: learn it "
                                   "from random inputs without a teacher, or set it exactly (W^PI = -B and "
-                                  "lambda_I W^IP = lambda W)", f"{PAPER} learn it first",
+                                  "lambda_I W^IP = lambda W)", f"{PAPER} start the task from a self-predicting state",
                                   choices=("learn", "exact"))
     eta_self_predicting: float = option(0.8, "plasticity rate of W^IP and W^PI while the self-predicting state "
                                         "is learned from random inputs (1/ms)",
@@ -234,10 +237,15 @@ class Microcircuit(Rule):
         return 1.0 + steps * per_step / forward
 
     def weight_angles(self):
-        """Return the angle between each top-down matrix B_k and W_k+1^T, which backprop would send errors through."""
+        """Return, per layer k, the angle between W_k^T and the top-down matrix B_k-1 that carries its errors.
+
+        Backprop would send layer k's error down through W_k^T. Layer 1 sends
+        no error down, so its entry is NaN.
+        """
         if self.net.depth == 1:
             return None
-        return [angle_deg(self.net.top_down(k), self.net.blocks[k].weight.t()) for k in range(1, self.net.depth)]
+        angles = [angle_deg(self.net.top_down(k), self.net.blocks[k].weight.t()) for k in range(1, self.net.depth)]
+        return [math.nan] + angles
 
     @torch.no_grad()
     def epoch_metrics(self, dataset):

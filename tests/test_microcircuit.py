@@ -141,7 +141,7 @@ def test_exact_self_prediction_is_fixed_point():
 
 def test_learned_self_prediction_silences_apical():
     torch.manual_seed(0)
-    rule = build("mlp:20-30-20-5")
+    rule = build("mlp:20-30-20-5", self_predicting_presentations=20000)
     held_out = torch.randn(500, 20)
     before = present(rule.net, held_out, None, 10.0, 0.25, rule.lateral_rates(0.0)).apical_end
     assert min(before) > 0.1  # top-down input arrives uncancelled before learning

@@ -72,7 +72,7 @@ class MicrocircuitOptions:
                                         "is learned from random inputs (1/ms)",
                                         "chosen: random inputs give weakly correlated rates, so a rate that would "
                                         "be unstable on data is stable here")
-    self_predicting_presentations: int = option(20000, "random input patterns shown to learn the self-predicting "
+    self_predicting_presentations: int = option(10000, "random input patterns shown to learn the self-predicting "
                                                 "state before the first task example (examples)", "chosen")
     self_predicting_batch: int = option(100, "circuits simulated in parallel while learning the self-predicting "
                                         "state (examples)", "chosen for speed")

@@ -26,6 +26,7 @@ DIGITS_CASES = [
     (["train", "--epochs", "0"], "invalid epochs 0"),
     (["train", "--epochs", "-5"], "invalid epochs -5"),
     (["train", "--batch-size", "0"], "invalid batch size 0"),
+    (["train", "--online", "--batch-size", "8"], "online mode trains on one example per update, but batch size is 8"),
     (["train", "--angle-every", "0"], "invalid angle every 0"),
     (["train", "--net", "mlp:784-256-10"], "start the spec with 64"),
     (["train", "--net", "mlp:64-256-7"], "end the spec with 10"),

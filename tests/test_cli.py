@@ -56,3 +56,19 @@ def test_compare_with_two_jobs_keeps_order(tmp_path):
     runs = json.loads((out / "summary.json").read_text())["runs"]
     assert [(r["rule"], r["seed"], r["status"]) for r in runs] == [
         ("bp", 0, "finished"), ("bp", 1, "finished"), ("dfa", 0, "finished"), ("dfa", 1, "finished")]
+
+
+def test_report_plots_rules_with_fewer_angle_layers(tmp_path):
+    # One rule records weight angles for three layers, another for two: the plot pads the shorter one.
+    from creditlab import report
+
+    records = [{"rule": name, "seed": 0, "status": "finished", "dataset": "digits", "net": "mlp:64-8-8-10",
+                "activation": "tanh", "epochs": 1, "test_error": 0.1, "val_error": 0.1, "train_loss": 0.3,
+                "update_angle_deg": [1.0, 2.0, 3.0], "weight_angle_deg": angles, "examples_per_second": 10.0,
+                "forward_pass_equivalents_per_update": 3.0}
+               for name, angles in (("fa", [50.0, 60.0, 70.0]), ("microcircuit", [80.0, 85.0]))]
+    histories = {(r["rule"], 0): [{"epoch": 1, "test_error": 0.1, "update_angle_deg": r["update_angle_deg"],
+                                   "weight_angle_deg": r["weight_angle_deg"]}] for r in records}
+    report.write_report(tmp_path, records, histories)
+    assert (tmp_path / "weight_angle.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| microcircuit | 1 |" in (tmp_path / "report.md").read_text()

@@ -95,3 +95,23 @@ def test_bad_config_raises_before_work(tmp_path, changes, message):
     with pytest.raises(CreditlabError, match=message):
         Run(RunConfig(**changes), tmp_path / "r", progress=False).run()
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_online_mode_uses_online_defaults():
+    config = RunConfig(rule="bp", online=True, batch_size=1).resolved()
+    assert config.optimizer == "sgd"
+    assert config.lr == 0.01
+    assert config.momentum == 0.0
+    assert RunConfig(rule="bp", online=True, batch_size=1, lr=0.05).resolved().lr == 0.05
+    with pytest.raises(CreditlabError, match="online mode trains on one example per update"):
+        RunConfig(rule="bp", online=True, batch_size=64).resolved()
+
+
+def test_config_without_online_key_still_resumes(tmp_path):
+    # Run folders written before the online field existed must still be recognised as the same run.
+    first = train(RunConfig(epochs=1), tmp_path / "r", progress=False)
+    path = tmp_path / "r" / "config.json"
+    saved = io.read_json(path)
+    del saved["config"]["online"]
+    io.write_json(path, saved)
+    assert train(RunConfig(epochs=1), tmp_path / "r", progress=False) == json.loads(json.dumps(first))

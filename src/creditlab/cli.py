@@ -48,7 +48,10 @@ def _add_run_options(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--init", default="auto", help="weight init: auto (Glorot for saturating units, He for rectifiers), "
                    "xavier, kaiming or torch (default: auto)")
     p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training set (default: {epochs})")
-    p.add_argument("--batch-size", type=int, default=64, help="examples per update (default: 64)")
+    p.add_argument("--batch-size", type=int, default=None, help="examples per update (default: 64, or 1 with --online)")
+    p.add_argument("--online", action="store_true",
+                   help="online mode: stream one example per update with each rule's online optimizer "
+                   "(SGD, no momentum; lr 0.01 unless the rule sets its own, see `creditlab rules -v`) (default: off)")
     p.add_argument("--optimizer", default=None, help="adam, adamw or sgd (default: the rule's own, see `creditlab rules`)")
     p.add_argument("--lr", type=float, default=None, help="learning rate of the forward weights (default: the rule's own)")
     p.add_argument("--feedback-lr", type=float, default=None,
@@ -73,8 +76,9 @@ def _add_run_options(p: argparse.ArgumentParser, epochs: int) -> None:
 def _base_config(args, rule: str = "bp", rule_options: dict | None = None):
     from .train import RunConfig
 
+    batch_size = args.batch_size if args.batch_size is not None else (1 if args.online else 64)
     return RunConfig(rule=rule, data=args.data, net=args.net, activation=args.activation, init=args.init,
-                     epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                     epochs=args.epochs, batch_size=batch_size, online=args.online, optimizer=args.optimizer, lr=args.lr,
                      feedback_lr=args.feedback_lr, momentum=args.momentum, weight_decay=args.weight_decay,
                      schedule=args.schedule, device=args.device, data_dir=args.data_dir, val_size=args.val_size,
                      angle_every=args.angle_every, rule_options=rule_options or {})
@@ -157,8 +161,9 @@ def cmd_rules(args) -> int:
         cls = rules.get(name)
         print(f"{name:15s} {cls.description} ({cls.reference}); nets: {', '.join(cls.kinds)}")
         if args.verbose:
-            d = cls.defaults
-            print(f"{'':15s} default optimizer {d.name}, lr {d.lr:g}" + (f", feedback lr {d.feedback_lr:g}" if d.feedback_lr else ""))
+            for mode, d in (("default", cls.defaults), ("online", cls.online_defaults)):
+                print(f"{'':15s} {mode} optimizer {d.name}, lr {d.lr:g}, momentum {d.momentum:g}"
+                      + (f", feedback lr {d.feedback_lr:g}" if d.feedback_lr else ""))
             for f in dataclasses.fields(cls.Options):
                 source = f.metadata.get("source")
                 print(f"{'':15s} {f.name} = {f.default!r}: {f.metadata.get('help', '')}" + (f" [{source}]" if source else ""))

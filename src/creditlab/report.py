@@ -90,7 +90,13 @@ def _curves(histories: dict, rule: str, key: str, index: int | None = None) -> n
     for (name, _seed), history in histories.items():
         if name != rule or not history:
             continue
-        values = [h.get(key) if index is None else (h.get(key) or [math.nan] * (index + 1))[index] for h in history]
+        values = []
+        for h in history:
+            value = h.get(key)
+            if index is not None:
+                # A rule may record fewer layers than others (no feedback into the first layer, say).
+                value = value[index] if value and index < len(value) else math.nan
+            values.append(value)
         runs.append([math.nan if v is None else v for v in values])
     if not runs:
         return None

@@ -59,6 +59,8 @@ class RunConfig:
     val_size: int | None = None
     angle_every: int = 20
     rule_options: dict[str, Any] = field(default_factory=dict)
+    # Online mode: one example per update (batch_size must be 1), with the rule's online optimizer defaults.
+    online: bool = False
 
     # Fields that may differ between a run and its resumption. The epoch count
     # may not: it sets the learning-rate schedule.
@@ -68,11 +70,15 @@ class RunConfig:
         """Fill the defaults that depend on the rule and dataset, and validate every field."""
         cls = rules.get(self.rule)
         out = dataclasses.replace(self, rule_options=dict(self.rule_options))
+        if out.online and out.batch_size != 1:
+            raise CreditlabError(f"online mode trains on one example per update, but batch size is "
+                                 f"{out.batch_size!r}; set batch size 1 or drop online mode")
+        defaults = cls.online_defaults if out.online else cls.defaults
         out.net = self.net or DEFAULT_NETS.get(self.data, "")
-        out.optimizer = self.optimizer or cls.defaults.name
-        out.lr = self.lr if self.lr is not None else cls.defaults.lr
-        out.feedback_lr = self.feedback_lr if self.feedback_lr is not None else (cls.defaults.feedback_lr or out.lr)
-        out.momentum = self.momentum if self.momentum is not None else cls.defaults.momentum
+        out.optimizer = self.optimizer or defaults.name
+        out.lr = self.lr if self.lr is not None else defaults.lr
+        out.feedback_lr = self.feedback_lr if self.feedback_lr is not None else (defaults.feedback_lr or out.lr)
+        out.momentum = self.momentum if self.momentum is not None else defaults.momentum
         out.validate()
         rules.make_options(cls, out.rule_options)
         spec = nets.parse(out.net)
@@ -264,7 +270,9 @@ class Run:
             except (OSError, ValueError, KeyError, TypeError):
                 raise CreditlabError(f"{config_path} is unreadable; delete the folder or choose another --out") from None
             mine = self.config.to_dict()
-            differ = [k for k in mine if k not in RunConfig.RESUMABLE and saved.get(k) != mine[k]]
+            # A key missing from an older config.json had the field's default value.
+            unset = RunConfig().to_dict()
+            differ = [k for k in mine if k not in RunConfig.RESUMABLE and saved.get(k, unset[k]) != mine[k]]
             if differ:
                 key = differ[0]
                 raise CreditlabError(

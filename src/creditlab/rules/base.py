@@ -53,6 +53,8 @@ class Rule(nn.Module):
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     Options: ClassVar[type] = NoOptions
     defaults: ClassVar[OptimizerDefaults] = OptimizerDefaults()
+    # Used in online mode (one example per update): plain SGD, as online backprop is usually run.
+    online_defaults: ClassVar[OptimizerDefaults] = OptimizerDefaults("sgd", lr=0.01, momentum=0.0)
 
     def __init__(self, net: nn.Module, options: Any = None):
         super().__init__()

@@ -7,11 +7,17 @@ log-probabilities, and hand-derived delta rules.
 
 import itertools
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
-from creditlab import metrics, rules
+from creditlab import cli, data, metrics, rules, tasks
 from creditlab.nets.helmholtz import HelmholtzMachine, all_states
+from creditlab.tasks.density import Density
+from creditlab.train import RunConfig, train
+from helpers import train_interrupted_then_resumed, without_timing
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -348,3 +354,67 @@ def test_update_angle_reference_is_exact_gradient_for_small_machines():
     assert angles[1] < 5.0, angles
     # The prior's gradient is small here, so its sampled estimate is the noisiest.
     assert angles[2] < 30.0, angles
+
+
+# -- the density task ------------------------------------------------------------------------
+
+
+def test_unit_interval_recovers_digit_intensities():
+    from sklearn.datasets import load_digits
+
+    source = data.load("digits")
+    order = torch.randperm(1797, generator=torch.Generator().manual_seed(data.SPLIT_SEED))
+    images = torch.from_numpy(load_digits().images[order[:360].numpy()].astype(np.float32) / 16)
+    torch.testing.assert_close(data.unit_interval(source.test.x, source.meta).squeeze(1), images, atol=1e-5, rtol=0)
+
+
+def test_density_task_binarizes_dynamically_for_training_and_fixed_for_testing():
+    task = tasks.build("density")
+    dataset = task.load("digits", None, None)
+    source = data.load("digits")
+    torch.testing.assert_close(dataset.train.x, data.unit_interval(source.train.x, source.meta))
+    for split in (dataset.val, dataset.test):
+        assert set(split.x.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(task.load("digits", None, None).test.x, dataset.test.x)
+    intensity = data.unit_interval(source.test.x, source.meta)
+    assert abs(dataset.test.x.mean().item() - intensity.mean().item()) < 0.01
+    first, _ = task.prepare(dataset.train.x[:200], None)
+    second, _ = task.prepare(dataset.train.x[:200], None)
+    assert set(first.unique().tolist()) == {0.0, 1.0}
+    assert not torch.equal(first, second)
+    assert abs(first.mean().item() - dataset.train.x[:200].mean().item()) < 0.02
+
+
+def test_density_run_resumes_and_draws_pictures(tmp_path, monkeypatch):
+    config = RunConfig(rule="rws", task="density", epochs=3, task_options={"eval_samples": 5, "test_samples": 20})
+    reference = train(config, tmp_path / "a", progress=False)
+    assert reference["net"] == "helmholtz:64-12-6"
+    assert reference["test_samples"] == 20
+    # The K-sample estimate is a lower bound, close to the exact value for this small machine.
+    assert reference["test_log_likelihood"] <= reference["test_exact_log_likelihood"] + 0.05
+    assert reference["test_log_likelihood"] > reference["test_exact_log_likelihood"] - 1.0
+    for picture in ("samples.png", "reconstructions.png"):
+        assert (tmp_path / "a" / picture).read_bytes()[:4] == b"\x89PNG"
+
+    resumed = train_interrupted_then_resumed(config, tmp_path / "b", monkeypatch, Density)
+    assert without_timing(resumed) == without_timing(reference)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["rule"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["rule"]
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_compare_density_reports_both_rules(tmp_path):
+    out = tmp_path / "cmp"
+    code = cli.main(["compare", "--task", "density", "--epochs", "2", "--out", str(out), "--no-progress",
+                     "--task-option", "eval_samples=5", "--task-option", "test_samples=20", "-o", "rws.samples=3"])
+    assert code == 0
+    runs = json.loads((out / "summary.json").read_text())["runs"]
+    assert [r["rule"] for r in runs] == ["wake-sleep", "rws"]
+    for run in runs:
+        assert run["test_log_likelihood"] < 0
+        assert run["best_val_log_likelihood"] >= run["val_log_likelihood"]
+    report = (out / "report.md").read_text()
+    assert "| wake-sleep | 1 |" in report and "| rws | 1 |" in report
+    assert "![runs/rws-seed0/samples.png](runs/rws-seed0/samples.png)" in report
+    assert (out / "val_log_likelihood.png").read_bytes()[:4] == b"\x89PNG"

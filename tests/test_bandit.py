@@ -192,6 +192,8 @@ def test_compare_bandit_reports_supervised_bp(tmp_path):
     report = (out / "report.md").read_text()
     assert "| bp | rewards | 1 |" in report
     assert "| bp (supervised) | labels | 1 |" in report
+    supervised_row = next(line for line in report.splitlines() if line.startswith("| bp (supervised)"))
+    assert "| 2,514 |" in supervised_row  # labels seen: two epochs of 1257 images
     assert (out / "test_error_vs_rewards.png").read_bytes()[:4] == b"\x89PNG"
     history = io.read_jsonl(out / "runs" / "dfa-seed0" / "metrics.jsonl")
     assert [h["rewards_seen"] for h in history] == [1257, 2514]

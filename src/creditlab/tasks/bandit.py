@@ -159,10 +159,12 @@ class Bandit(Classification):
         header = ("| rule | learns from | runs | test error % | val error % | examples seen | training reward % "
                   "| update angle per layer (°) | examples/s | forward-pass equivalents |")
         lines = [header, "|" + "---|" * (header.count("|") - 1)]
+        # The supervised reference sees one label per training image, as many as the bandit runs' rewards.
+        per_epoch = next((r["rewards_seen"] / r["epochs"] for r in records if r.get("rewards_seen")), math.nan)
         for rule, group in group_by_rule(records).items():
             finished, runs = finished_runs(group)
             supervised = group[0].get("task") == "classification"
-            seen = _mean_std([r.get("rewards_seen") for r in finished])[0]
+            seen = _mean_std([r.get("rewards_seen", r["epochs"] * per_epoch) for r in finished])[0]
             reward = _pct([r.get("train_reward") for r in finished])
             lines.append(
                 f"| {rule} | {'labels' if supervised else 'rewards'} | {runs} | {_pct([r['test_error'] for r in finished])} "

@@ -191,8 +191,10 @@ class Density(Task):
     def report_notes():
         return ("Log-likelihoods are in nats per image, mean ± standard deviation over seeds, estimated by importance "
                 "sampling with the recognition net as proposal (K samples per image); exact values sum over every "
-                "hidden configuration. Update angles compare each generative layer's update with the gradient of "
-                "log p(x) (exact for small machines, else a 100-sample importance estimate), averaged over the last epoch.")
+                "hidden configuration. The train bound is the last epoch's mean of the rule's own training estimate: "
+                "the single-sample ELBO for wake-sleep, the K-sample importance-weighted bound for rws. Update angles "
+                "compare each generative layer's update with the gradient of log p(x) (exact for small machines, else "
+                "an importance-sampled estimate), averaged over the last epoch.")
 
     @staticmethod
     def report_table(records):

@@ -113,6 +113,21 @@ def test_bandit_serves_rules_whose_loss_is_cross_entropy():
     assert not Bandit.serves(OwnLoss)
 
 
+def test_every_bandit_rule_learns_from_soft_targets():
+    # A rule the bandit serves must accept the float target (N, C) and write a finite update.
+    task = bandit("mean", classes=10, inputs=64)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    for name in tasks.rule_names("bandit"):
+        cls = rules.get(name)
+        if "mlp" not in cls.kinds:
+            continue
+        rule = rules.build(name, cls.make_net(nets.parse("mlp:64-16-10"), "tanh"))
+        task.step(rule, x, y)
+        missing = [n for n, p in rule.named_parameters() if p.grad is None]
+        assert not missing, f"{name} left no .grad on {missing}"
+        assert all(torch.isfinite(p.grad).all() for p in rule.parameters()), name
+
+
 def test_fa_with_transposed_feedback_matches_bp_on_policy_loss():
     net = nets.build("mlp:64-32-24-10", "tanh")
     fa = rules.build("fa", net)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import distributed, metrics
+from .. import distributed
 from ..errors import CreditlabError
 from ..rules.base import Rule, option
 from .base import last

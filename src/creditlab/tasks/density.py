@@ -41,6 +41,7 @@ DEFAULT_NETS = {
 }
 
 # Published test log-likelihoods (nats) on binarized MNIST, keyed by (dataset, net) and rule.
+# NOTE: empty because Bornschein & Bengio's 2015 figures could not be confirmed against the paper.
 PUBLISHED: dict[tuple[str, str], dict[str, tuple[float, str]]] = {}
 
 

@@ -3,7 +3,7 @@
 import torch
 
 from creditlab import data, rules
-from creditlab.train import RunConfig, build_rule, make_optimizer
+from creditlab.train import TIMING_FIELDS, RunConfig, build_rule, make_optimizer, train
 
 
 def grads(rule, params=None) -> list[torch.Tensor]:
@@ -30,3 +30,27 @@ def train_digits(rule_name: str, epochs: int = 10, **overrides) -> tuple:
 
 def classification_rules() -> list[str]:
     return rules.names("classification")
+
+
+def without_timing(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in TIMING_FIELDS}
+
+
+def train_interrupted_then_resumed(config: RunConfig, folder, monkeypatch, task_cls) -> dict:
+    """Train with a KeyboardInterrupt at the third epoch's evaluation, then train again to resume; return the summary."""
+    import pytest
+
+    calls = {"n": 0}
+    real_evaluate = task_cls.evaluate
+
+    def interrupt_in_third_epoch(self, rule, dataset, epoch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_evaluate(self, rule, dataset, epoch)
+
+    monkeypatch.setattr(task_cls, "evaluate", interrupt_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, folder, progress=False)
+    monkeypatch.setattr(task_cls, "evaluate", real_evaluate)
+    return train(config, folder, progress=False)

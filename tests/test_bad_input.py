@@ -51,6 +51,19 @@ DIGITS_CASES = [
     (["compare", "--rules", "bp", "--lr", "nan"], "invalid lr nan"),
     (["compare", "--rules", "bp", "--jobs", "0"], "invalid jobs 0"),
     (["sweep", "does-not-exist.toml"], "not found"),
+    (["train", "--task", "densty"], "unknown task 'densty'; did you mean 'density'"),
+    (["train", "--task", "density"], "rule 'bp' does not serve the density task"),
+    (["train", "--task", "bandit", "--rule", "wake-sleep"], "rule 'wake-sleep' does not serve the bandit task"),
+    (["train", "--task", "density", "--rule", "rws", "--net", "mlp:64-10"], "does not support mlp nets"),
+    (["train", "--task", "density", "--rule", "rws", "--net", "helmholtz:784-200"], "start the spec with helmholtz:64"),
+    (["train", "--task", "density", "--rule", "rws", "-o", "samples=0"], "invalid value 0 for option 'samples'"),
+    (["train", "--task", "density", "--rule", "rws", "--task-option", "test_samples=0"],
+     "invalid value 0 for option 'test_samples' of task 'density'"),
+    (["train", "--task", "bandit", "--task-option", "baseline=best"], "choose one of mean, learned, none"),
+    (["train", "--task", "bandit", "--task-option", "basline=mean"], "did you mean 'baseline'"),
+    (["train", "--task", "bandit", "--task-option", "baseline_rate=2"], "invalid value 2.0 for option 'baseline_rate'"),
+    (["train", "--task-option", "baseline"], "invalid --task-option 'baseline'"),
+    (["compare", "--task", "density", "--rules", "rws,bp"], "rule 'bp' does not serve the density task"),
 ]
 
 

@@ -95,6 +95,17 @@ def test_mean_estimate_tanh_cross_entropy(rule_cls, spec):
     assert relative_error(estimate(rule, x, y), exact_gradient(rule, x, y)) < 0.15
 
 
+@pytest.mark.parametrize("rule_cls", [WeightPerturbation, NodePerturbation])
+def test_mean_estimate_of_bandit_policy_loss(rule_cls):
+    # The bandit's soft targets (r - b) onehot(a), of either sign, make the loss the
+    # policy-gradient loss; its perturbation estimate must converge to its gradient.
+    rule = build(rule_cls, "mlp:8-6-4", "tanh", perturbations=40000, noise_std=1e-3)
+    x = torch.randn(4, 8, dtype=torch.float64)
+    advantage = torch.tensor([0.7, -0.3, 0.9, -0.1], dtype=torch.float64)
+    y = advantage[:, None] * F.one_hot(torch.tensor([0, 3, 1, 2]), 4).to(torch.float64)
+    assert relative_error(estimate(rule, x, y), exact_gradient(rule, x, y)) < 0.15
+
+
 def test_shared_noise_node_perturbation_expectation():
     # With one noise vector for the whole minibatch the estimate of W_l converges
     # to (sum_b delta_b)(sum_b h_b)^T, not to sum_b delta_b h_b^T; with B = 1 both agree.
@@ -419,6 +430,16 @@ def test_hebbian_hidden_update_ignores_labels():
 def test_hebbian_readout_is_delta_rule():
     rule = rules.build("hebbian", nets.build("mlp:64-16-10"))
     x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    rule.step(x, y)
+    readout = rule.net.blocks[1]
+    expected = torch.autograd.grad(F.cross_entropy(rule.net(x), y), [readout.layer.weight])[0]
+    torch.testing.assert_close(readout.layer.weight.grad, expected)
+
+
+def test_hebbian_readout_is_delta_rule_for_soft_targets():
+    rule = rules.build("hebbian", nets.build("mlp:64-16-10"))
+    x = torch.randn(32, 1, 8, 8)
+    y = torch.randn(32, 1) * F.one_hot(torch.randint(0, 10, (32,)), 10).float()
     rule.step(x, y)
     readout = rule.net.blocks[1]
     expected = torch.autograd.grad(F.cross_entropy(rule.net(x), y), [readout.layer.weight])[0]

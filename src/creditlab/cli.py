@@ -5,7 +5,7 @@ import dataclasses
 import logging
 import sys
 
-from . import __version__, data, distributed, nets, rules
+from . import __version__, data, distributed, nets, rules, tasks
 from .errors import CreditlabError
 from .train import RunInterrupted
 
@@ -40,11 +40,30 @@ def _rule_options(items: list[str], rule_names: list[str] | None) -> dict[str, d
     return out
 
 
+def _task_options(items: list[str]) -> dict:
+    """Parse --task-option values, KEY=VALUE each."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CreditlabError(f"invalid --task-option {item!r}: expected KEY=VALUE, e.g. baseline=learned")
+        out[key] = value
+    return out
+
+
 def _add_run_options(p: argparse.ArgumentParser, epochs: int) -> None:
+    p.add_argument("--task", default="classification",
+                   help=f"what the rules learn: {', '.join(tasks.TASKS)} (default: classification); density models "
+                   "binarized images without labels, bandit learns classes from a reward of 1 or 0 alone")
+    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="task option, repeatable, e.g. test_samples=1000 (density) or baseline=learned (bandit); "
+                   "see docs/rules/wake-sleep.md and docs/tasks/bandit.md")
     p.add_argument("--data", default="digits", help=f"dataset: {', '.join(data.DATASETS)} (default: digits)")
-    p.add_argument("--net", default=None, help="net spec, e.g. mlp:784-256-256-10 or conv:1x28x28-c32k5p-c64k5p-256-10 "
-                   "(default: mlp:64-128-128-10 for digits, mlp:784-256-256-10 for MNIST and Fashion-MNIST)")
-    p.add_argument("--activation", default="tanh", help=f"hidden activation: {', '.join(nets.ACTIVATIONS)} (default: tanh)")
+    p.add_argument("--net", default=None, help="net spec, e.g. mlp:784-256-256-10, conv:1x28x28-c32k5p-c64k5p-256-10 "
+                   "or helmholtz:784-200-200 (default: mlp:64-128-128-10 for digits, mlp:784-256-256-10 for MNIST "
+                   "and Fashion-MNIST; for the density task helmholtz:64-12-6 and helmholtz:784-200-200)")
+    p.add_argument("--activation", default="tanh", help=f"hidden activation: {', '.join(nets.ACTIVATIONS)} (default: tanh); "
+                   "Helmholtz machines always have stochastic binary units")
     p.add_argument("--init", default="auto", help="weight init: auto (Glorot for saturating units, He for rectifiers), "
                    "xavier, kaiming or torch (default: auto)")
     p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training set (default: {epochs})")
@@ -81,7 +100,8 @@ def _base_config(args, rule: str = "bp", rule_options: dict | None = None):
                      epochs=args.epochs, batch_size=batch_size, online=args.online, optimizer=args.optimizer, lr=args.lr,
                      feedback_lr=args.feedback_lr, momentum=args.momentum, weight_decay=args.weight_decay,
                      schedule=args.schedule, device=args.device, data_dir=args.data_dir, val_size=args.val_size,
-                     angle_every=args.angle_every, rule_options=rule_options or {})
+                     angle_every=args.angle_every, rule_options=rule_options or {}, task=args.task,
+                     task_options=_task_options(args.task_option))
 
 
 def cmd_train(args) -> int:
@@ -89,23 +109,28 @@ def cmd_train(args) -> int:
 
     options = _rule_options(args.option, None).get("", {})
     config = dataclasses.replace(_base_config(args, args.rule, options), seed=args.seed)
-    out = args.out or f"runs/{args.rule}-{args.data}-seed{args.seed}"
+    out = args.out or f"runs/{args.rule}-{_task_prefix(args.task)}{args.data}-seed{args.seed}"
     if not args.checkpoint_interval > 0:
         raise CreditlabError(f"invalid checkpoint interval {args.checkpoint_interval}: give a positive number of seconds")
     summary = train(config, out, progress=not args.no_progress, checkpoint_interval=args.checkpoint_interval)
     if not distributed.is_main():
         return 0
-    print(f"{summary['rule']} on {summary['dataset']}: test error {100 * summary['test_error']:.2f}%, "
-          f"validation error {100 * summary['val_error']:.2f}% after {summary['epochs']} epochs; results in {out}")
+    headline = tasks.get(config.task).headline(summary)
+    print(f"{summary['rule']} on {summary['dataset']}: {headline} after {summary['epochs']} epochs; results in {out}")
     return 0
+
+
+def _task_prefix(task: str) -> str:
+    """Return '' for classification, else 'TASK-', for default folder names."""
+    return "" if task == "classification" else f"{task}-"
 
 
 def cmd_compare(args) -> int:
     from .compare import compare
 
-    names = _split_list(args.rules) if args.rules else rules.names()
+    names = _split_list(args.rules) if args.rules else tasks.rule_names(args.task)
     options = _rule_options(args.option, names)
-    out = args.out or f"runs/compare-{args.data}"
+    out = args.out or f"runs/compare-{_task_prefix(args.task)}{args.data}"
     records = compare(names, _base_config(args), _seeds(args.seeds), out, options, progress=not args.no_progress,
                       checkpoint_interval=args.checkpoint_interval, jobs=args.jobs)
     diverged = sum(r["status"] != "finished" for r in records)
@@ -157,7 +182,7 @@ def cmd_scaling(args) -> int:
 
 
 def cmd_rules(args) -> int:
-    for name in rules.names(args.task):
+    for name in tasks.rule_names(args.task):
         cls = rules.get(name)
         print(f"{name:15s} {cls.description} ({cls.reference}); nets: {', '.join(cls.kinds)}")
         if args.verbose:
@@ -180,17 +205,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--rule", default="bp", help="rule name, see `creditlab rules` (default: bp)")
     p.add_argument("--seed", type=int, default=0, help="random seed of weights, feedback and batch order (default: 0)")
     p.add_argument("--out", default=None, help="run folder; a restart with the same folder resumes "
-                   "(default: runs/RULE-DATA-seedSEED)")
+                   "(default: runs/RULE-DATA-seedSEED, runs/RULE-TASK-DATA-seedSEED for other tasks than classification)")
     _add_run_options(p, epochs=20)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="train several rules and seeds on one task and write a report")
-    p.add_argument("--rules", default=None, help="comma-separated rule names (default: every classification rule)")
+    p.add_argument("--rules", default=None, help="comma-separated rule names (default: every rule that serves --task)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs trained at once in separate processes, which share the CPU threads (default: 1)")
     p.add_argument("--out", default=None, help="output folder for summary.json, report.md, plots and one folder "
-                   "per run (default: runs/compare-DATA)")
+                   "per run (default: runs/compare-DATA, runs/compare-TASK-DATA for other tasks than classification)")
     _add_run_options(p, epochs=20)
     p.set_defaults(func=cmd_compare)
 
@@ -231,7 +256,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_scaling)
 
     p = sub.add_parser("rules", help="list the learning rules")
-    p.add_argument("--task", default="classification", help="list the rules of this task (default: classification)")
+    p.add_argument("--task", default="classification",
+                   help=f"list the rules that serve this task: {', '.join(tasks.TASKS)} (default: classification)")
     p.add_argument("--verbose", "-v", action="store_true", help="also show each rule's defaults and options")
     p.set_defaults(func=cmd_rules)
     return parser

@@ -5,6 +5,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -59,6 +60,13 @@ def group_by_rule(records: list[dict]) -> dict[str, list[dict]]:
     for r in records:
         groups[r.get("label") or r["rule"]].append(r)
     return groups
+
+
+def finished_runs(group: list[dict]) -> tuple[list[dict], str]:
+    """Return the finished runs of a group and the report's run count, e.g. "2 (+1 diverged)"."""
+    finished = [r for r in group if r["status"] == "finished"]
+    diverged = len(group) - len(finished)
+    return finished, f"{len(finished)}" + (f" (+{diverged} diverged)" if diverged else "")
 
 
 def table(records: list[dict]) -> str:
@@ -160,9 +168,8 @@ def plot_angles(histories: dict, rule_names: list[str], key: str, title: str, pa
     return drawn
 
 
-def write_report(out: Path, records: list[dict], histories: dict) -> None:
-    """Write report.md and the PNG plots for a finished comparison."""
-    out = Path(out)
+def classification_plots(out: Path, records: list[dict], histories: dict) -> list[str]:
+    """Write the test error and angle plots of a classification comparison; return their file names."""
     rule_names = list(group_by_rule(records))
     plot_errors(histories, rule_names, out / "test_error.png")
     plots = ["test_error.png"]
@@ -172,18 +179,65 @@ def write_report(out: Path, records: list[dict], histories: dict) -> None:
     if plot_angles(histories, rule_names, "weight_angle_deg",
                    "Angle between feedback and forward weights", out / "weight_angle.png"):
         plots.append("weight_angle.png")
+    return plots
+
+
+def plot_curves(histories: dict, rule_names: list[str], key: str, path: Path, ylabel: str, title: str,
+                x=None, xlabel: str = "epoch", scale: float = 1.0, log_y: bool = False) -> bool:
+    """Plot one per-epoch value of every rule, mean ± std over seeds, against the epoch or x(record).
+
+    Returns False, writing nothing, when no history has `key`.
+    """
+    x = x or (lambda record: record["epoch"])
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = False
+    for rule in rule_names:
+        curves = _curves(histories, rule, key)
+        if curves is None or np.all(np.isnan(curves)):
+            continue
+        longest = max((h for (name, _), h in histories.items() if name == rule), key=len)
+        xs = np.array([x(record) for record in longest], dtype=float)
+        mean = np.nanmean(curves, axis=0) * scale
+        ax.plot(xs, mean, label=rule)
+        if len(curves) > 1:
+            std = np.nanstd(curves, axis=0) * scale
+            ax.fill_between(xs, mean - std, mean + std, alpha=0.2)
+        drawn = True
+    if drawn:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if log_y:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title(title)
+        figure.tight_layout()
+        io.save_figure(path, figure)
+    plt.close(figure)
+    return drawn
+
+
+def write_report(out: Path, records: list[dict], histories: dict) -> None:
+    """Write report.md and the PNG plots for a finished comparison, in the form of the first run's task."""
+    from . import tasks
+
+    out = Path(out)
     first = records[0] if records else {}
+    task = tasks.get(first.get("task", "classification"))
+    plots = task.report_plots(out, records, histories)
     seeds = sorted({r["seed"] for r in records})
     epochs = sorted({r["epochs"] for r in records})
+    net = f"net `{first.get('net')}`" + (f" ({first.get('activation')})" if task.uses_activation else "")
     text = [
         "# creditlab comparison",
         "",
-        f"Dataset `{first.get('dataset')}`, net `{first.get('net')}` ({first.get('activation')}), "
+        f"Task {task.name}, dataset `{first.get('dataset')}`, {net}, "
         f"seeds {', '.join(map(str, seeds))}, epochs {', '.join(map(str, epochs))}.",
-        "Errors are mean ± standard deviation over seeds, at the last epoch. Update angles are "
-        "measured against the exact gradient of the same loss on the same batch, averaged over the last epoch.",
+        task.report_notes(),
         "",
-        table(records),
+        task.report_table(records),
         "",
         *[f"![{p}]({p})" for p in plots],
         "",

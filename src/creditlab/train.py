@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, data, distributed, io, metrics, nets, rules
+from . import __version__, data, distributed, io, metrics, nets, rules, tasks
 from .checkpoint import load_checkpoint, load_state_checked
 from .errors import CreditlabError, DivergenceError
 
@@ -61,6 +61,8 @@ class RunConfig:
     rule_options: dict[str, Any] = field(default_factory=dict)
     # Online mode: one example per update (batch_size must be 1), with the rule's online optimizer defaults.
     online: bool = False
+    task: str = "classification"
+    task_options: dict[str, Any] = field(default_factory=dict)
 
     # Fields that may differ between a run and its resumption. The epoch count
     # may not: it sets the learning-rate schedule.
@@ -69,24 +71,31 @@ class RunConfig:
     def resolved(self) -> "RunConfig":
         """Fill the defaults that depend on the rule and dataset, and validate every field."""
         cls = rules.get(self.rule)
-        out = dataclasses.replace(self, rule_options=dict(self.rule_options))
+        task = tasks.get(self.task)
+        if not task.serves(cls):
+            serving = [name for name in tasks.TASKS if tasks.get(name).serves(cls)]
+            other_task = f"use --task {' or '.join(serving)}, or " if serving else "use "
+            raise CreditlabError(f"rule {self.rule!r} does not serve the {self.task} task; {other_task}"
+                                 f"a rule from `creditlab rules --task {self.task}`")
+        out = dataclasses.replace(self, rule_options=dict(self.rule_options), task_options=dict(self.task_options))
         if out.online and out.batch_size != 1:
             raise CreditlabError(f"online mode trains on one example per update, but batch size is "
                                  f"{out.batch_size!r}; set batch size 1 or drop online mode")
         defaults = cls.online_defaults if out.online else cls.defaults
-        out.net = self.net or DEFAULT_NETS.get(self.data, "")
+        out.net = self.net or task.default_net(self.data)
         out.optimizer = self.optimizer or defaults.name
         out.lr = self.lr if self.lr is not None else defaults.lr
         out.feedback_lr = self.feedback_lr if self.feedback_lr is not None else (defaults.feedback_lr or out.lr)
         out.momentum = self.momentum if self.momentum is not None else defaults.momentum
         out.validate()
         rules.make_options(cls, out.rule_options)
+        tasks.build(out.task, out.task_options)
         spec = nets.parse(out.net)
         if spec.kind not in cls.kinds:
             raise CreditlabError(f"rule {out.rule!r} does not support {spec.kind} nets; it supports {', '.join(cls.kinds)}")
         if out.data in data.SHAPES:
             shape, classes, train_size = data.SHAPES[out.data]
-            nets.check_fits(spec, shape, classes, out.data)
+            task.check_fits(spec, shape, classes, out.data)
             if out.val_size is not None and out.val_size >= train_size:
                 raise CreditlabError(f"invalid validation size {out.val_size}: {out.data} has {train_size} "
                                      f"training examples; hold out fewer")
@@ -162,7 +171,7 @@ def build_rule(config: RunConfig, dataset: data.Dataset | None = None) -> rules.
     cls = rules.get(config.rule)
     spec = nets.parse(config.net)
     if dataset is not None:
-        nets.check_fits(spec, dataset.input_shape, dataset.num_classes, dataset.name)
+        tasks.get(config.task).check_fits(spec, dataset.input_shape, dataset.num_classes, dataset.name)
     net = cls.make_net(spec, config.activation, config.init)
     return cls(net, rules.make_options(cls, config.rule_options))
 
@@ -245,6 +254,8 @@ class Run:
     def __init__(self, config: RunConfig, out: str | Path | None, progress: bool = True,
                  checkpoint_interval: float = 300.0):
         self.config = config.resolved()
+        self.task = tasks.build(self.config.task, self.config.task_options)
+        self.final: dict = {}
         self.out = Path(out) if out is not None else None
         self.progress = progress
         self.checkpoint_interval = checkpoint_interval
@@ -270,9 +281,9 @@ class Run:
             except (OSError, ValueError, KeyError, TypeError):
                 raise CreditlabError(f"{config_path} is unreadable; delete the folder or choose another --out") from None
             mine = self.config.to_dict()
-            # A key missing from an older config.json had the field's default value.
-            unset = RunConfig().to_dict()
-            differ = [k for k in mine if k not in RunConfig.RESUMABLE and saved.get(k, unset[k]) != mine[k]]
+            # A folder written before a field existed contains that field's default.
+            defaults = RunConfig().to_dict()
+            differ = [k for k in mine if k not in RunConfig.RESUMABLE and saved.get(k, defaults[k]) != mine[k]]
             if differ:
                 key = differ[0]
                 raise CreditlabError(
@@ -301,6 +312,7 @@ class Run:
             "rule": rule.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "task": self.task.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -315,6 +327,7 @@ class Run:
             return
         state = load_checkpoint(path)
         load_state_checked(rule, state["rule"], path)
+        load_state_checked(self.task, state.get("task", {}), path)
         try:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -343,9 +356,12 @@ class Run:
             return finished
         device = pick_device(config.device)
         distributed.setup(device)
-        dataset = data.load(config.data, config.data_dir, config.val_size).to(device)
+        task = self.task
+        dataset = task.load(config.data, config.data_dir, config.val_size).to(device)
         torch.manual_seed(config.seed)
         rule = build_rule(config, dataset).to(device)
+        task.setup(rule, dataset)
+        task.to(device)
         distributed.broadcast_parameters(rule)
         optimizer = make_optimizer(config, rule)
         scheduler = make_scheduler(config, optimizer)
@@ -362,20 +378,18 @@ class Run:
                     progress = _EpochProgress(order=torch.randperm(len(dataset.train), generator=generator))
                 record = self._train_epoch(epoch, progress, rule, optimizer, scheduler, dataset, generator, guard)
                 scheduler.step()
-                record.update(epoch=epoch + 1, val_error=metrics.error_rate(rule, dataset.val),
-                              test_error=metrics.error_rate(rule, dataset.test), lr=optimizer.param_groups[0]["lr"])
+                record.update(epoch=epoch + 1, **task.evaluate(rule, dataset, epoch + 1), lr=optimizer.param_groups[0]["lr"])
                 record.update(rule.epoch_metrics(dataset))
                 weight_angles = rule.weight_angles()
                 if weight_angles is not None:
                     record["weight_angle_deg"] = weight_angles
                 self.history.append(record)
-                log.log(logging.INFO if distributed.is_main() else logging.DEBUG,
-                        "%s seed %d epoch %d/%d: loss %.4f, val error %.2f%%, test error %.2f%%",
-                        config.rule, config.seed, epoch + 1, config.epochs, record["train_loss"],
-                        100 * record["val_error"], 100 * record["test_error"])
+                log.log(logging.INFO if distributed.is_main() else logging.DEBUG, "%s seed %d epoch %d/%d: %s",
+                        config.rule, config.seed, epoch + 1, config.epochs, task.describe(record))
                 if self.out is not None and distributed.is_main():
                     io.write_jsonl(self.out / "metrics.jsonl", self.history)
                 self._save_checkpoint(epoch + 1, rule, optimizer, scheduler, generator)
+        self.final = task.finish(rule, dataset, self.out if distributed.is_main() else None)
         summary = self.summary("finished")
         if self.out is not None and distributed.is_main():
             io.write_json(self.out / "summary.json", summary)
@@ -395,11 +409,13 @@ class Run:
             start = time.perf_counter()
             if dataset.augment is not None:
                 x = dataset.augment(x, generator)
-            stats = rule.step(x, y)
+            x, y = self.task.prepare(x, y)
+            # The target is what the rule learned from: the label, or the bandit's reward-weighted action.
+            stats, target = self.task.step(rule, x, y)
             loss = stats["loss"]
             if step % config.angle_every == 0:
                 pause = time.perf_counter()
-                progress.angles.append(metrics.update_angles(rule, x, y))
+                progress.angles.append(metrics.update_angles(rule, x, target))
                 start += time.perf_counter() - pause
             distributed.average_gradients(rule.parameters(), float(len(y)))
             if not _finite([torch.as_tensor(loss)] + [p.grad for p in rule.parameters()]):
@@ -453,15 +469,15 @@ class Run:
         return {
             "status": status,
             "rule": config.rule,
+            "task": config.task,
             "dataset": config.data,
             "net": config.net,
             "activation": config.activation,
             "seed": config.seed,
             "epochs": len(self.history),
-            "test_error": last.get("test_error", math.nan),
-            "val_error": last.get("val_error", math.nan),
+            **self.task.summarise(self.history),
+            **self.final,
             "train_loss": last.get("train_loss", math.nan),
-            "best_val_error": min((r["val_error"] for r in self.history), default=math.nan),
             "update_angle_deg": last.get("update_angle_deg", []),
             "weight_angle_deg": last.get("weight_angle_deg"),
             "examples_per_second": total_examples / total_seconds if total_seconds > 0 else math.nan,
@@ -471,6 +487,7 @@ class Run:
             "optimizer": config.optimizer,
             "lr": config.lr,
             "rule_options": config.rule_options,
+            "task_options": config.task_options,
         }
 
 

@@ -72,12 +72,18 @@ class Dataset:
                        self.augment)
 
 
-def _standardise(train: np.ndarray, others: list[np.ndarray], scale: float) -> list[torch.Tensor]:
+def _standardise(train: np.ndarray, others: list[np.ndarray], scale: float) -> tuple[list[torch.Tensor], dict]:
+    """Scale to [0, 1], then standardise with the training pixels; also return that mean and std as meta."""
     train = train.astype(np.float32) / scale
     mean, std = float(train.mean()), float(train.std())
     out = [torch.from_numpy((train - mean) / std)]
     out += [torch.from_numpy((o.astype(np.float32) / scale - mean) / std) for o in others]
-    return out
+    return out, {"pixel_mean": mean, "pixel_std": std}
+
+
+def unit_interval(x: torch.Tensor, meta: dict) -> torch.Tensor:
+    """Undo the standardisation of a dataset's images, mapping them back to intensities in [0, 1]."""
+    return (x * meta["pixel_std"] + meta["pixel_mean"]).clamp(0.0, 1.0)
 
 
 def _hold_out(x: torch.Tensor, y: torch.Tensor, val_size: int) -> tuple[Split, Split | None]:
@@ -100,9 +106,9 @@ def load_digits(val_size: int | None = None) -> Dataset:
     labels = torch.from_numpy(bunch.target.astype(np.int64))
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))
     test_index, train_index = order[:360], order[360:]
-    train_x, test_x = _standardise(images[train_index.numpy()], [images[test_index.numpy()]], 16.0)
+    (train_x, test_x), pixels = _standardise(images[train_index.numpy()], [images[test_index.numpy()]], 16.0)
     train, val = _hold_out(train_x, labels[train_index], 180 if val_size is None else val_size)
-    return Dataset("digits", train, val, Split(test_x, labels[test_index]), 10)
+    return Dataset("digits", train, val, Split(test_x, labels[test_index]), 10, pixels)
 
 
 _MNIST_LIKE = {
@@ -147,11 +153,11 @@ def load_mnist_like(name: str, data_dir: str | Path | None = None, val_size: int
     for stem, labels in (("train-labels-idx1-ubyte", train_labels), ("t10k-labels-idx1-ubyte", test_labels)):
         if labels.max() > 9:
             raise CreditlabError(f"{paths[stem]} has label {labels.max()}, expected 0-9; replace the file")
-    train_x, test_x = _standardise(train_images[:, None], [test_images[:, None]], 255.0)
+    (train_x, test_x), pixels = _standardise(train_images[:, None], [test_images[:, None]], 255.0)
     train, val = _hold_out(train_x, torch.from_numpy(train_labels.astype(np.int64)),
                            5000 if val_size is None else val_size)
     test = Split(test_x, torch.from_numpy(test_labels.astype(np.int64)))
-    return Dataset(name, train, val, test, 10, {"files": {k: str(v) for k, v in paths.items()}})
+    return Dataset(name, train, val, test, 10, {"files": {k: str(v) for k, v in paths.items()}, **pixels})
 
 
 DATASETS = ("digits", "mnist", "fashion-mnist")

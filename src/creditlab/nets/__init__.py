@@ -3,6 +3,7 @@
 from ..errors import CreditlabError
 from .energy import EnergyNet  # noqa: F401
 from .feedforward import ACTIVATIONS, Block, LayeredNet, initialise, make_activation  # noqa: F401
+from .helmholtz import HelmholtzMachine  # noqa: F401
 from .spec import NetSpec, parse  # noqa: F401
 
 

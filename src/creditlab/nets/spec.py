@@ -1,6 +1,8 @@
 """Parsing of network specs such as `mlp:784-256-256-10` and `conv:1x28x28-c32k5p-c64k5p-256-10`.
 
 MLP: `mlp:` then the layer sizes from input to output, joined by `-`.
+Helmholtz machine: `helmholtz:` then the layer sizes from the visible layer to
+the top hidden layer, e.g. `helmholtz:784-200-200`.
 Conv net: `conv:` then the input shape `CxHxW`, then conv blocks and dense sizes.
 A conv block is `c<channels>`, optionally followed by `k<kernel>` (default 3,
 padding keeps the spatial size) and `p` (2x2 max pooling after the activation).
@@ -67,6 +69,11 @@ def parse(spec: str) -> NetSpec:
         if len(sizes) < 2:
             raise CreditlabError(f"invalid net spec {spec!r}: an mlp needs an input and an output size")
         return NetSpec("mlp", (sizes[0],), (), tuple(sizes[1:]), spec)
+    if kind == "helmholtz":
+        sizes = [_positive(t, spec) for t in tokens]
+        if len(sizes) < 2:
+            raise CreditlabError(f"invalid net spec {spec!r}: a Helmholtz machine needs a visible and a hidden layer size")
+        return NetSpec("helmholtz", (sizes[0],), (), tuple(sizes[1:]), spec)
     if kind == "conv":
         shape = tuple(_positive(t, spec) for t in tokens[0].split("x"))
         if len(shape) != 3:
@@ -86,4 +93,4 @@ def parse(spec: str) -> NetSpec:
             raise CreditlabError(f"net spec {spec!r} pools the {shape[1]}x{shape[2]} input {pools} times, down to "
                                  f"nothing; use fewer p blocks")
         return NetSpec("conv", shape, tuple(conv), tuple(dense), spec)
-    raise CreditlabError(f"unknown net kind {kind!r} in {spec!r}: use mlp:... or conv:...")
+    raise CreditlabError(f"unknown net kind {kind!r} in {spec!r}: use mlp:..., conv:... or helmholtz:...")

@@ -9,7 +9,7 @@ from .base import OptimizerDefaults, Rule, make_options, option  # noqa: F401
 _REGISTRY: dict[str, type[Rule]] = {}
 
 # Modules that define rules; each registers its classes on import.
-_MODULES = ("gradient", "feedback", "perturbation", "energy", "microcircuit")
+_MODULES = ("gradient", "feedback", "perturbation", "energy", "microcircuit", "wake_sleep")
 
 
 def register(cls: type[Rule]) -> type[Rule]:
@@ -33,10 +33,10 @@ def get(name: str) -> type[Rule]:
     return _REGISTRY[name]
 
 
-def names(task: str = "classification") -> list[str]:
-    """Registered rule names for a task, in registration order."""
+def names(task: str | None = "classification") -> list[str]:
+    """Registered rule names that declare `task` (all of them for None), in registration order."""
     _load()
-    return [n for n, cls in _REGISTRY.items() if task in getattr(cls, "tasks", ("classification",))]
+    return [n for n, cls in _REGISTRY.items() if task is None or task in getattr(cls, "tasks", ("classification",))]
 
 
 def build(name: str, net, **options) -> Rule:

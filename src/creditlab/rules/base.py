@@ -130,8 +130,11 @@ class Rule(nn.Module):
             p.grad = None
 
 
-def make_options(rule_cls: type[Rule], values: dict[str, Any] | None) -> Any:
-    """Build a rule's options dataclass from a dict, converting strings from the command line."""
+def make_options(rule_cls: type[Rule], values: dict[str, Any] | None, kind: str = "rule") -> Any:
+    """Build a rule's options dataclass from a dict, converting strings from the command line.
+
+    Tasks declare `name` and `Options` the same way and pass kind="task".
+    """
     import difflib
 
     values = dict(values or {})
@@ -143,12 +146,12 @@ def make_options(rule_cls: type[Rule], values: dict[str, Any] | None) -> Any:
             close = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.5)
             hint = f"did you mean {close[0]!r}? " if close else ""
             valid = ", ".join(fields) or "none"
-            raise CreditlabError(f"unknown option {key!r} for rule {rule_cls.name!r}; {hint}valid options: {valid}")
-        kwargs[name] = _convert(rule_cls.name, fields[name], value)
+            raise CreditlabError(f"unknown option {key!r} for {kind} {rule_cls.name!r}; {hint}valid options: {valid}")
+        kwargs[name] = _convert(rule_cls.name, fields[name], value, kind)
     return rule_cls.Options(**kwargs)
 
 
-def _convert(rule: str, f: dataclasses.Field, value: Any) -> Any:
+def _convert(rule: str, f: dataclasses.Field, value: Any, kind: str = "rule") -> Any:
     default = f.default
     choices = f.metadata.get("choices", ())
     try:
@@ -164,9 +167,9 @@ def _convert(rule: str, f: dataclasses.Field, value: Any) -> Any:
             value = float(value)
     except (TypeError, ValueError):
         raise CreditlabError(
-            f"invalid value {value!r} for option {f.name!r} of rule {rule!r}: expected {type(default).__name__}") from None
+            f"invalid value {value!r} for option {f.name!r} of {kind} {rule!r}: expected {type(default).__name__}") from None
     if isinstance(value, float) and value != value:
-        raise CreditlabError(f"invalid value nan for option {f.name!r} of rule {rule!r}: give a finite number")
+        raise CreditlabError(f"invalid value nan for option {f.name!r} of {kind} {rule!r}: give a finite number")
     if choices and value not in choices:
-        raise CreditlabError(f"invalid value {value!r} for option {f.name!r} of rule {rule!r}; choose one of {', '.join(map(str, choices))}")
+        raise CreditlabError(f"invalid value {value!r} for option {f.name!r} of {kind} {rule!r}; choose one of {', '.join(map(str, choices))}")
     return value

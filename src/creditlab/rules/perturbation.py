@@ -91,6 +91,8 @@ class _PerturbationRule(Rule):
 
     Options = _PerturbationOptions
     defaults = OptimizerDefaults("adam", lr=1e-3)
+    # On the bandit the perturbed loss is the policy-gradient loss of the sampled actions and rewards.
+    tasks = ("classification", "bandit")
 
     def __init__(self, net, options=None):
         super().__init__(net, options)
@@ -103,10 +105,16 @@ class _PerturbationRule(Rule):
                                  f"standard deviation, e.g. 1e-3")
 
     def example_losses(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Return the cross-entropy of each example of each network: (..., B, C) logits -> (..., B)."""
+        """Return the cross-entropy of each example of each network: (..., B, C) logits -> (..., B).
+
+        `y` holds class indices (B,) or the bandit's soft targets (B, C).
+        """
         classes = output.shape[-1]
-        target = y.expand(output.shape[:-1])
-        losses = F.cross_entropy(output.reshape(-1, classes), target.reshape(-1), reduction="none")
+        if y.is_floating_point():
+            target = y.expand(output.shape).reshape(-1, classes)
+        else:
+            target = y.expand(output.shape[:-1]).reshape(-1)
+        losses = F.cross_entropy(output.reshape(-1, classes), target, reduction="none")
         return losses.view(output.shape[:-1])
 
     def loss(self, output, y):
@@ -468,8 +476,10 @@ class Hebbian(Rule):
             block.layer.weight.grad = -self.hebbian_update(block, h)
             block.layer.bias.grad = torch.zeros_like(block.layer.bias)
         # Delta rule at the readout: error (softmax - one-hot) / B times the readout's input.
+        # A soft target t (the bandit's) gives the cross-entropy gradient softmax * sum(t) - t.
         readout, output = blocks[-1], activities[-1]
-        error = (torch.softmax(output, 1) - F.one_hot(y, output.shape[1]).to(output.dtype)) / len(y)
+        target = y if y.is_floating_point() else F.one_hot(y, output.shape[1]).to(output.dtype)
+        error = (torch.softmax(output, 1) * target.sum(1, keepdim=True) - target) / len(y)
         readout.layer.weight.grad = _weight_gradient(readout, error, readout.prepare(activities[-2]))
         readout.layer.bias.grad = error.sum(0)
         return {"loss": self.loss(output, y), "forward_passes": 1, "backward_passes": 0}

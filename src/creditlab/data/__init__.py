@@ -151,7 +151,7 @@ def load_mnist_like(name: str, data_dir: str | Path | None = None, val_size: int
     return Dataset(name, train, val, test, 10, {"files": {k: str(v) for k, v in paths.items()}})
 
 
-DATASETS = ("digits", "mnist", "fashion-mnist")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
 
 @functools.lru_cache(maxsize=2)
@@ -165,6 +165,10 @@ def load(name: str, data_dir: str | Path | None = None, val_size: int | None = N
         dataset = load_digits(val_size)
     elif name in _MNIST_LIKE:
         dataset = load_mnist_like(name, data_dir, val_size, download)
+    elif name == "cifar10":
+        from .cifar import load_cifar10
+
+        dataset = load_cifar10(data_dir, val_size)
     else:
         raise CreditlabError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     log.info("loaded %s: %d train, %d validation, %d test examples of shape %s", name, len(dataset.train),

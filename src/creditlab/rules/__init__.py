@@ -9,7 +9,7 @@ from .base import OptimizerDefaults, Rule, make_options, option  # noqa: F401
 _REGISTRY: dict[str, type[Rule]] = {}
 
 # Modules that define rules; each registers its classes on import.
-_MODULES = ("gradient", "feedback")
+_MODULES = ("gradient", "feedback", "target")
 
 
 def register(cls: type[Rule]) -> type[Rule]:

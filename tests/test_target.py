@@ -155,7 +155,7 @@ def test_ddtp_direct_feedback_converges_to_damped_pseudo_inverse(damping):
     torch.manual_seed(5)
     net = nets.mlp([6, 5, 4, 3], "linear")
     rule = rules.build("ddtp", net, feedback="direct-linear", damping=damping, noise=0.5, schedule="alternating",
-                       feedback_iterations=1)
+                       feedback_iterations=1, feedback_optimizer="sgd")
     rule.param_groups(1e-3, 0.02)  # sets the feedback learning rate that step() applies
     x = torch.randn(512, 6)
     for _ in range(600):
@@ -200,7 +200,7 @@ def test_ldrl_feedback_converges_to_forward_transpose():
     # J_g = J_f^T exactly when the transposed convolution's kernel equals W.
     torch.manual_seed(7)
     net = nets.build("conv:1x4x4-c2-c3p-4", "linear")
-    rule = rules.build("ldrl", net, noise=0.01, feedback_iterations=1)
+    rule = rules.build("ldrl", net, noise=0.01, feedback_iterations=1, feedback_optimizer="sgd")
     x = torch.randn(1024, 1, 4, 4)
     for feedback_lr in (0.02, 0.004):  # a smaller step at the end shrinks the noise around the minimum
         rule.param_groups(1e-3, feedback_lr)
@@ -270,6 +270,26 @@ def test_step_writes_all_grads_and_output_update_is_bp(name, schedule):
         assert any(g.abs().sum() > 0 for g in feedback_grads)
 
 
+def test_alternating_feedback_adam_matches_torch_adam():
+    torch.manual_seed(11)
+    rule = rules.build("dtp", nets.mlp([64, 16, 16, 10]), top="output", feedback_iterations=3)
+    rule.param_groups(1e-3, 0.01)
+    reference = copy.deepcopy(rule.feedback)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=0.01, betas=(0.9, 0.999), eps=1e-8)
+    x, y = torch.randn(8, 64), torch.randint(0, 10, (8,))
+    h, indices = rule.walk(x)
+    h = [a.detach() for a in h]
+    for _ in range(3):
+        torch.manual_seed(12)
+        rule._feedback_gradients(h, indices, 1)
+        rule._feedback_optimizer_step()
+        for mine, theirs in zip(rule.feedback.parameters(), reference.parameters()):
+            theirs.grad = mine.grad.clone()
+        optimizer.step()
+    for mine, theirs in zip(rule.feedback.parameters(), reference.parameters()):
+        torch.testing.assert_close(mine, theirs)
+
+
 @pytest.mark.parametrize("unpool", ["indices", "nearest"])
 def test_conv_inverse_shapes(unpool):
     net = nets.build("conv:3x9x9-c4p-c5-7-10", "relu")
@@ -313,7 +333,7 @@ def test_epoch_metrics_report_feedback_quality():
 
 
 def test_resume_of_alternating_rule_matches_uninterrupted(tmp_path, monkeypatch):
-    # The feedback momentum and step count live in buffers, so the checkpoint carries them.
+    # The feedback optimizer's moments and the step count live in buffers, so the checkpoint carries them.
     from creditlab.train import RunConfig, train
 
     config = RunConfig(rule="ldrl", epochs=3)
@@ -335,7 +355,7 @@ def test_resume_of_alternating_rule_matches_uninterrupted(tmp_path, monkeypatch)
     assert resumed["test_error"] == reference["test_error"]
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["rule"]
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["rule"]
-    assert any(name.startswith("feedback_velocity") for name in a)
+    assert any(name.startswith("feedback_moment2") for name in a)
     assert int(a["steps_done"]) == 3 * 20
     for name in a:
         assert torch.equal(a[name], b[name]), name

@@ -22,12 +22,12 @@ The rules differ in how targets go down and how g learns:
   loss whose minimum makes the Jacobian of g_l the transpose of f_l's, so
   that the targets become backprop's.
 
-The feedback weights learn either in parallel with the forward weights (one
-feedback gradient per batch in `.grad`, applied by the optimizer with
-`--feedback-lr`) or alternating: before the forward update, `step()` itself
-applies `feedback_iterations` SGD-with-momentum updates to the feedback
-weights at `--feedback-lr` (constant, outside the learning-rate schedule) and
-leaves their `.grad` at zero, so the optimizer does not apply them again.
+The feedback weights learn in one of two schedules. In `parallel`, the
+feedback gradient goes into `.grad` beside the forward update, and the
+optimizer applies it at `--feedback-lr`. In `alternating`, `step()` itself
+applies `feedback_iterations` updates to the feedback weights before it
+computes the targets, at a constant `--feedback-lr`. It then leaves their
+`.grad` at zero, so the optimizer does not apply them again.
 """
 
 import math
@@ -45,6 +45,9 @@ from .base import OptimizerDefaults, Rule, option
 
 SCHEDULES = ("alternating", "parallel")
 UNPOOLING = ("indices", "nearest")
+FEEDBACK_OPTIMIZERS = ("adam", "sgd")
+# Adam's second-moment decay and denominator constant for the feedback optimizer (torch.optim.Adam's defaults).
+ADAM_BETA2, ADAM_EPS = 0.999, 1e-8
 
 
 @torch.no_grad()
@@ -147,8 +150,13 @@ class TargetOptions:
     schedule: str = option("alternating", "alternating: feedback weights learn on the batch before the forward "
                            "update, inside step(); parallel: both updates from the same state, applied by the "
                            "optimizer", "chosen", choices=SCHEDULES)
-    feedback_momentum: float = option(0.9, "momentum of the SGD that trains the feedback weights in the "
-                                      "alternating schedule (dimensionless)", "Ernoult et al. 2022 use SGD with 0.9")
+    feedback_optimizer: str = option("adam", "optimizer step() uses on the feedback weights in the alternating "
+                                     "schedule: adam, or sgd with momentum", "chosen: Adam's step does not depend on "
+                                     "the loss's scale, which differs between layers; Ernoult et al. 2022 use SGD "
+                                     "with a rate per layer", choices=FEEDBACK_OPTIMIZERS)
+    feedback_momentum: float = option(0.9, "SGD momentum, or Adam's first-moment decay, of the feedback optimizer "
+                                      "in the alternating schedule (dimensionless)",
+                                      "Ernoult et al. 2022 use SGD with momentum 0.9")
     unpool: str = option("indices", "how conv feedback undoes 2x2 max pooling: indices puts values back at the "
                          "forward pass's argmax positions, nearest upsamples", "Ernoult et al. 2022 reuse the "
                          "forward pass's indices", choices=UNPOOLING)
@@ -175,8 +183,12 @@ class _TargetRule(Rule):
         self.feedback = self._make_feedback()
         self._feedback_lr = self.defaults.feedback_lr or self.defaults.lr
         if self.options.schedule == "alternating":
+            # The feedback optimizer's state lives in buffers, so checkpoints carry it.
             for i, p in enumerate(self.feedback.parameters()):
-                self.register_buffer(f"feedback_velocity_{i}", torch.zeros_like(p))
+                self.register_buffer(f"feedback_moment1_{i}", torch.zeros_like(p))
+                if self.options.feedback_optimizer == "adam":
+                    self.register_buffer(f"feedback_moment2_{i}", torch.zeros_like(p))
+            self.register_buffer("feedback_updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
 
     def _check_options(self) -> None:
@@ -195,7 +207,7 @@ class _TargetRule(Rule):
             raise CreditlabError(f"invalid warmup_steps {o.warmup_steps!r} for rule {self.name!r}: give 0 or more")
 
     def _make_feedback(self) -> nn.ModuleList:
-        """One inverse per block from the second to the chain's top: feedback[i - 1] maps h_{i+1} back to h_i."""
+        """Build one inverse per block from the second to the chain's top: feedback[i - 1] maps h_{i+1} to h_i."""
         return nn.ModuleList([make_inverse(self.net, i, self.placement, self.options.unpool)
                               for i in range(1, self.chain_top)])
 
@@ -205,7 +217,7 @@ class _TargetRule(Rule):
         return True
 
     def inverse(self, index: int) -> Inverse:
-        """The feedback mapping that inverts block `index` (1 <= index < number of blocks)."""
+        """Return the feedback mapping that inverts block `index` (1 <= index < chain_top)."""
         return self.feedback[index - 1]
 
     def param_groups(self, lr, feedback_lr=None):
@@ -308,12 +320,22 @@ class _TargetRule(Rule):
         return value
 
     @torch.no_grad()
-    def _feedback_sgd_step(self) -> None:
-        momentum = self.options.feedback_momentum
+    def _feedback_optimizer_step(self) -> None:
+        """Apply one SGD-with-momentum or Adam step to the feedback weights, from their `.grad`."""
+        beta1 = self.options.feedback_momentum
+        self.feedback_updates += 1
+        count = int(self.feedback_updates)
         for i, p in enumerate(self.feedback.parameters()):
-            velocity = getattr(self, f"feedback_velocity_{i}")
-            velocity.mul_(momentum).add_(p.grad)
-            p.sub_(velocity, alpha=self._feedback_lr)
+            moment1 = getattr(self, f"feedback_moment1_{i}")
+            if self.options.feedback_optimizer == "sgd":
+                moment1.mul_(beta1).add_(p.grad)
+                p.sub_(moment1, alpha=self._feedback_lr)
+                continue
+            moment2 = getattr(self, f"feedback_moment2_{i}")
+            moment1.mul_(beta1).add_(p.grad, alpha=1 - beta1)
+            moment2.mul_(ADAM_BETA2).addcmul_(p.grad, p.grad, value=1 - ADAM_BETA2)
+            denominator = (moment2 / (1 - ADAM_BETA2**count)).sqrt_().add_(ADAM_EPS)
+            p.addcdiv_(moment1, denominator, value=-self._feedback_lr / (1 - beta1**count))
 
     def step(self, x, y):
         self.clear_grads()
@@ -322,14 +344,16 @@ class _TargetRule(Rule):
         h, indices = self.walk(x)
         clean = [a.detach() for a in h]
         iterations = o.feedback_iterations
+
         if o.schedule == "alternating":
             for _ in range(iterations):
                 feedback_loss = self._feedback_gradients(clean, indices, 1)
-                self._feedback_sgd_step()
+                self._feedback_optimizer_step()
             for p in self.feedback.parameters():
                 p.grad = torch.zeros_like(p)
         else:
             feedback_loss = self._feedback_gradients(clean, indices, iterations)
+
         loss = self.loss(h[-1], y)
         warming_up = int(self.steps_done) < o.warmup_steps
         if warming_up:
@@ -339,6 +363,7 @@ class _TargetRule(Rule):
             t = self.targets(clean, indices, self.output_error(h[-1], y))
             self.local_loss(h, t).backward()
         self.steps_done += 1
+
         feedback_forward, feedback_backward = self.feedback_cost()
         return {
             "loss": loss.detach(),
@@ -536,11 +561,12 @@ class DirectDifferenceTargetPropagation(_TargetRule):
     def feedback_losses(self, h, indices, generator=None):
         """Difference reconstruction loss per layer (Meulemans et al. 2020), scaled by 1/sigma^2.
 
-        Layer l's activity is corrupted, h_l + sigma*noise, run forward to the
-        output, and carried back to layer l by the difference feedback with
-        the clean activities as anchors; the loss is the squared distance to
-        the corrupted activity. With `damping` lambda, lambda/sigma^2 times the
-        squared response of the feedback to sigma*noise at the output is added.
+        Layer l's activity is corrupted to h_l + sigma*noise and run forward to
+        the output. The difference feedback, anchored at the clean activities,
+        carries the result back to layer l, and the loss is its squared
+        distance to the corrupted activity. With `damping` lambda, the loss
+        adds lambda/sigma^2 times the squared response of the feedback to
+        sigma*noise at the output.
         """
         sigma, damping = self.options.noise, self.options.damping
         losses = []

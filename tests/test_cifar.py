@@ -136,7 +136,7 @@ def test_truncated_archive_is_one_line_error(tmp_path):
         cifar.load_cifar10(tmp_path)
 
 
-def test_random_crop_flip_is_a_shifted_or_mirrored_copy():
+def test_crop_flip_shifts_or_mirrors():
     x = torch.randn(40, 3, 8, 8)
     out = cifar.random_crop_flip(x, torch.Generator().manual_seed(0), padding=2)
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))

@@ -57,7 +57,7 @@ def output_jacobian(net, x, layer):
 
 # -- dtp's targets ------------------------------------------------------------
 
-def test_dtp_targets_match_closed_form_on_linear_net():
+def test_dtp_targets_match_closed_form():
     torch.manual_seed(1)
     net = square_net(2, 6, "linear")
     rule = rules.build("dtp", net, top="output", beta=0.3).double()
@@ -95,7 +95,7 @@ def test_difference_correction_cancels_reconstruction_error():
     torch.testing.assert_close(zero[1], h[1])
 
 
-def test_dtp_target_is_gauss_newton_target_on_linear_net():
+def test_dtp_linear_target_is_gauss_newton():
     torch.manual_seed(3)
     net = square_net(3, 5, "linear", scale=1.3)
     rule = with_exact_inverses(rules.build("dtp", net, top="output", beta=0.2))
@@ -111,7 +111,7 @@ def test_dtp_target_is_gauss_newton_target_on_linear_net():
             torch.testing.assert_close(t[layer][b], expected)
 
 
-def test_dtp_nonlinear_targets_approach_gauss_newton_as_beta_shrinks():
+def test_dtp_tanh_target_nears_gauss_newton():
     torch.manual_seed(4)
     net = square_net(3, 5, "tanh", scale=0.9)
     x, y = 0.5 * torch.randn(3, 5, dtype=torch.float64), torch.randint(0, 5, (3,))
@@ -148,7 +148,7 @@ def test_dtp_update_acute_with_exact_inverses(seed):
 # -- ddtp -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("damping", [0.0, 0.5])
-def test_ddtp_direct_feedback_converges_to_damped_pseudo_inverse(damping):
+def test_ddtp_direct_feedback_reaches_pseudo_inverse(damping):
     # For a linear net, the difference reconstruction loss of Q_l is, in
     # expectation, ||Q_l J_l - I||_F^2 + damping * ||Q_l||_F^2 with J_l = dh_L/dh_l,
     # whose minimum is Q_l = J_l^T (J_l J_l^T + damping I)^{-1}.
@@ -170,7 +170,7 @@ def test_ddtp_direct_feedback_converges_to_damped_pseudo_inverse(damping):
         assert (learned - expected).norm() / expected.norm() < 0.05, layer
 
 
-def test_ddtp_layerwise_drl_reconstructs_through_exact_inverses():
+def test_ddtp_drl_zero_with_exact_inverses():
     # With exact inverses the corrupted sample comes back exactly, so the loss is zero.
     torch.manual_seed(6)
     net = square_net(3, 5, "linear")
@@ -182,7 +182,7 @@ def test_ddtp_layerwise_drl_reconstructs_through_exact_inverses():
     assert min(float(v.detach()) for v in rule.feedback_losses([a.detach() for a in h], indices)) > 0.1
 
 
-def test_ddtp_layerwise_drl_gradient_reaches_only_its_layer():
+def test_ddtp_drl_trains_only_its_layer():
     net = nets.mlp([6, 5, 5, 3], "tanh")
     rule = rules.build("ddtp", net)
     h, indices = rule.walk(torch.randn(8, 6))
@@ -194,7 +194,7 @@ def test_ddtp_layerwise_drl_gradient_reaches_only_its_layer():
 
 # -- ldrl -----------------------------------------------------------------------
 
-def test_ldrl_feedback_converges_to_forward_transpose():
+def test_ldrl_feedback_converges_to_transpose():
     # L-DRL's expected loss is ||J_g - J_f^T||^2 - ||J_f||^2: for a linear conv
     # block with max pooling and max-unpooling at the same argmax positions,
     # J_g = J_f^T exactly when the transposed convolution's kernel equals W.
@@ -212,7 +212,7 @@ def test_ldrl_feedback_converges_to_forward_transpose():
     assert (rule.feedback[1].layer.weight.detach() - dense.t()).norm() / dense.norm() < 0.06
 
 
-def test_ldrl_with_transposed_feedback_equals_bp_on_linear_conv_net():
+def test_ldrl_transposed_feedback_equals_bp():
     # With g_l's Jacobian equal to J_f^T, dtp's targets are h - beta * dloss/dh,
     # and on a linear net that holds for any beta: the update is bp's gradient.
     torch.manual_seed(8)
@@ -250,7 +250,7 @@ def test_ldrl_loss_prefers_transpose_over_inverse():
 
 @pytest.mark.parametrize("name", ["tp", "dtp", "ddtp", "ldrl"])
 @pytest.mark.parametrize("schedule", ["alternating", "parallel"])
-def test_step_writes_all_grads_and_output_update_is_bp(name, schedule):
+def test_step_writes_every_grad(name, schedule):
     net = nets.build("conv:1x8x8-c4p-c6p-12-10", "elu")
     rule = rules.build(name, net, schedule=schedule)
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
@@ -270,7 +270,7 @@ def test_step_writes_all_grads_and_output_update_is_bp(name, schedule):
         assert any(g.abs().sum() > 0 for g in feedback_grads)
 
 
-def test_alternating_feedback_adam_matches_torch_adam():
+def test_feedback_adam_matches_torch():
     torch.manual_seed(11)
     rule = rules.build("dtp", nets.mlp([64, 16, 16, 10]), top="output", feedback_iterations=3)
     rule.param_groups(1e-3, 0.01)
@@ -332,7 +332,7 @@ def test_epoch_metrics_report_feedback_quality():
     assert out["update_angle_gn_deg"][-1] == pytest.approx(0.0, abs=1e-3)
 
 
-def test_resume_of_alternating_rule_matches_uninterrupted(tmp_path, monkeypatch):
+def test_alternating_rule_resumes_exactly(tmp_path, monkeypatch):
     # The feedback optimizer's moments and the step count live in buffers, so the checkpoint carries them.
     from creditlab.train import RunConfig, train
 

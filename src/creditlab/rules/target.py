@@ -46,6 +46,13 @@ from .base import OptimizerDefaults, Rule, option
 SCHEDULES = ("alternating", "parallel")
 UNPOOLING = ("indices", "nearest")
 FEEDBACK_OPTIMIZERS = ("adam", "sgd")
+# Help texts of options that several rules declare with their own defaults.
+SCHEDULE_HELP = ("alternating: feedback weights learn on the batch before the forward update, inside step(); "
+                 "parallel: both updates from the same state, applied by the optimizer")
+BETA_HELP = "target step size beta: the output target is h_L - beta * dloss/dh_L per example (dimensionless)"
+ITERATIONS_HELP = ("feedback-weight updates per batch and layer (alternating), or noise samples averaged into the "
+                   "one update (parallel)")
+
 # Adam's second-moment decay and denominator constant for the feedback optimizer (torch.optim.Adam's defaults).
 ADAM_BETA2, ADAM_EPS = 0.999, 1e-8
 
@@ -141,15 +148,11 @@ def _sum_squares(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class TargetOptions:
-    beta: float = option(0.1, "target step size beta: the output target is h_L - beta * dloss/dh_L per example "
-                         "(dimensionless)", "chosen")
+    beta: float = option(0.1, BETA_HELP, "chosen")
     noise: float = option(0.1, "standard deviation sigma of the Gaussian noise used to train the feedback weights "
                           "(units of the layer's activity)", "chosen")
-    feedback_iterations: int = option(1, "feedback-weight updates per batch and layer (alternating), or noise "
-                                      "samples averaged into the one update (parallel)", "chosen")
-    schedule: str = option("alternating", "alternating: feedback weights learn on the batch before the forward "
-                           "update, inside step(); parallel: both updates from the same state, applied by the "
-                           "optimizer", "chosen", choices=SCHEDULES)
+    feedback_iterations: int = option(1, ITERATIONS_HELP, "chosen")
+    schedule: str = option("alternating", SCHEDULE_HELP, "chosen", choices=SCHEDULES)
     feedback_optimizer: str = option("adam", "optimizer step() uses on the feedback weights in the alternating "
                                      "schedule: adam, or sgd with momentum", "chosen: Adam's step does not depend on "
                                      "the loss's scale, which differs between layers; Ernoult et al. 2022 use SGD "
@@ -446,6 +449,8 @@ TOPS = ("penultimate", "output")
 
 @dataclass
 class TPOptions(TargetOptions):
+    schedule: str = option("alternating", SCHEDULE_HELP, "Bartunov et al. 2018 report dtp better with "
+                           "alternating than parallel inverse training on MNIST", choices=SCHEDULES)
     top: str = option("penultimate", "where the chain of inverses starts: penultimate sets t_{L-1} = h_{L-1} - "
                       "beta * dloss/dh_{L-1} through the output block's own weights; output starts from t_L",
                       "Lee et al. 2015 set the first target at the penultimate layer", choices=TOPS)
@@ -487,9 +492,7 @@ FEEDBACK_KINDS = ("layerwise", "direct-linear")
 
 @dataclass
 class DDTPOptions(TargetOptions):
-    schedule: str = option("parallel", "alternating: feedback weights learn on the batch before the forward "
-                           "update, inside step(); parallel: both updates from the same state, applied by the "
-                           "optimizer", "Meulemans et al. 2020 train both in parallel", choices=SCHEDULES)
+    schedule: str = option("parallel", SCHEDULE_HELP, "Meulemans et al. 2020 train both in parallel", choices=SCHEDULES)
     feedback: str = option("layerwise", "layerwise: dtp's chain of inverses g_l; direct-linear: a linear map Q_l "
                            "from the output straight to each hidden layer", "Meulemans et al. 2020 (DTPDRL and "
                            "DDTP-linear)", choices=FEEDBACK_KINDS)
@@ -610,14 +613,14 @@ class DirectDifferenceTargetPropagation(_TargetRule):
 
 @dataclass
 class LDRLOptions(TargetOptions):
-    beta: float = option(0.1, "target step size beta: the output target is h_L - beta * dloss/dh_L per example "
-                         "(dimensionless)", "chosen; Ernoult et al. 2022 use 0.7 on CIFAR-10 with an unscaled "
+    beta: float = option(0.1, BETA_HELP, "chosen; Ernoult et al. 2022 use 0.7 on CIFAR-10 with an unscaled "
                          "local loss")
     noise: float = option(0.1, "standard deviation sigma of the noise in the feedback loss (units of the "
                           "layer's activity)", "chosen; Ernoult et al. 2022 use 0.08 to 0.4 by layer on CIFAR-10")
-    feedback_iterations: int = option(2, "feedback-weight updates per batch and layer (alternating), or noise "
-                                      "samples averaged into the one update (parallel)",
+    feedback_iterations: int = option(2, ITERATIONS_HELP,
                                       "chosen; Ernoult et al. 2022 use 20 to 55 by layer on a GPU")
+    schedule: str = option("alternating", SCHEDULE_HELP, "Ernoult et al. 2022 train the feedback weights "
+                           "on each batch before the forward update", choices=SCHEDULES)
 
 
 @register

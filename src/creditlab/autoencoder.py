@@ -33,9 +33,9 @@ class AutoencoderConfig:
     data: str = "digits"
     net: str = "mlp:64-48-32"
     activation: str = "tanh"
-    epochs: int = 10
+    epochs: int = 20
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-3
     noise: float = 0.1
     seed: int = 0
     device: str = "auto"

@@ -158,9 +158,9 @@ def make_parser() -> argparse.ArgumentParser:
                    "mlp:784-512-256 or conv:1x28x28-c16p-c32p-64 (default: mlp:64-48-32)")
     p.add_argument("--activation", default="tanh", help=f"activation of every code: {', '.join(nets.ACTIVATIONS)} "
                    "(default: tanh)")
-    p.add_argument("--epochs", type=int, default=10, help="passes over the training set per layer (default: 10)")
+    p.add_argument("--epochs", type=int, default=20, help="passes over the training set per layer (default: 20)")
     p.add_argument("--batch-size", type=int, default=64, help="examples per update (default: 64)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default: 3e-3)")
     p.add_argument("--noise", type=float, default=0.1, help="standard deviation of the Gaussian corruption of each "
                    "layer's input, in units of that input (default: 0.1)")
     p.add_argument("--seed", type=int, default=0, help="random seed of weights, noise and batch order (default: 0)")

@@ -21,6 +21,14 @@ def mnist_dir() -> Path:
     return root / "mnist"
 
 
+@pytest.fixture
+def cifar_dir() -> Path:
+    root = _data_root()
+    if root is None or not (root / "cifar10").is_dir():
+        pytest.skip("set CREDITLAB_DATA to a folder holding cifar10/ with cifar-10-python.tar.gz")
+    return root / "cifar10"
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

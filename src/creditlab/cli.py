@@ -1,4 +1,4 @@
-"""The `creditlab` command: train, compare and rules."""
+"""The `creditlab` command: train, compare, autoencoder and rules."""
 
 import argparse
 import dataclasses
@@ -61,7 +61,8 @@ def _add_run_options(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--data", default="digits", help=f"dataset: {', '.join(data.DATASETS)} (default: digits)")
     p.add_argument("--net", default=None, help="net spec, e.g. mlp:784-256-256-10, conv:1x28x28-c32k5p-c64k5p-256-10 "
                    "or helmholtz:784-200-200 (default: mlp:64-128-128-10 for digits, mlp:784-256-256-10 for MNIST "
-                   "and Fashion-MNIST; for the density task helmholtz:64-12-6 and helmholtz:784-200-200)")
+                   "and Fashion-MNIST, conv:3x32x32-c32p-c64p-c128p-c256p-10 for CIFAR-10; for the density task "
+                   "helmholtz:64-12-6 and helmholtz:784-200-200)")
     p.add_argument("--activation", default="tanh", help=f"hidden activation: {', '.join(nets.ACTIVATIONS)} (default: tanh); "
                    "Helmholtz machines always have stochastic binary units")
     p.add_argument("--init", default="auto", help="weight init: auto (Glorot for saturating units, He for rectifiers), "
@@ -195,6 +196,20 @@ def cmd_rules(args) -> int:
     return 0
 
 
+def cmd_autoencoder(args) -> int:
+    from .autoencoder import AutoencoderConfig, run
+
+    config = AutoencoderConfig(data=args.data, net=args.net, activation=args.activation, epochs=args.epochs,
+                               batch_size=args.batch_size, lr=args.lr, noise=args.noise, seed=args.seed,
+                               device=args.device, data_dir=args.data_dir, examples=args.examples)
+    out = args.out or f"runs/autoencoder-{args.data}"
+    summary = run(config, out, progress=not args.no_progress)
+    errors = ", ".join(f"{e:.4f}" for e in summary["test_reconstruction_mse"])
+    print(f"stacked autoencoder on {args.data}: test reconstruction error per value through 1..N layers: {errors}; "
+          f"results in {out}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="creditlab", description="Compare credit-assignment rules on real data.")
     parser.add_argument("--version", action="version", version=f"creditlab {__version__}")
@@ -254,6 +269,28 @@ def make_parser() -> argparse.ArgumentParser:
                    "classifier uses its input and output sizes (default: mlp:784-256-10)")
     _add_run_options(p, epochs=20)
     p.set_defaults(func=cmd_scaling)
+
+    p = sub.add_parser("autoencoder", help="train a stacked denoising autoencoder layer by layer and save "
+                       "reconstructions")
+    p.add_argument("--data", default="digits", help=f"dataset: {', '.join(data.DATASETS)} (default: digits)")
+    p.add_argument("--net", default="mlp:64-48-32", help="encoder layers as a net spec, every layer a code, e.g. "
+                   "mlp:784-512-256 or conv:1x28x28-c16p-c32p-64 (default: mlp:64-48-32)")
+    p.add_argument("--activation", default="tanh", help=f"activation of every code: {', '.join(nets.ACTIVATIONS)} "
+                   "(default: tanh)")
+    p.add_argument("--epochs", type=int, default=20, help="passes over the training set per layer (default: 20)")
+    p.add_argument("--batch-size", type=int, default=64, help="examples per update (default: 64)")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default: 3e-3)")
+    p.add_argument("--noise", type=float, default=0.1, help="standard deviation of the Gaussian corruption of each "
+                   "layer's input, in units of that input (default: 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of weights, noise and batch order (default: 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N] (default: auto)")
+    p.add_argument("--data-dir", default=None, help="folder searched first for dataset files (default: "
+                   "$CREDITLAB_DATA, then ~/.cache/creditlab/NAME, then /usr/share/datasets/NAME)")
+    p.add_argument("--examples", type=int, default=8, help="test images shown in reconstructions.png (default: 8)")
+    p.add_argument("--out", default=None, help="output folder for metrics.json and reconstructions.png "
+                   "(default: runs/autoencoder-DATA)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_autoencoder)
 
     p = sub.add_parser("rules", help="list the learning rules")
     p.add_argument("--task", default="classification",

@@ -31,6 +31,8 @@ DEFAULT_NETS = {
     "digits": "mlp:64-128-128-10",
     "mnist": "mlp:784-256-256-10",
     "fashion-mnist": "mlp:784-256-256-10",
+    # Ernoult et al. 2022's VGG-like net (one 3x3 conv and a 2x2 pool per block) at a quarter of its width.
+    "cifar10": "conv:3x32x32-c32p-c64p-c128p-c256p-10",
 }
 
 OPTIMIZERS = ("adam", "adamw", "sgd")

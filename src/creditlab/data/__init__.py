@@ -160,7 +160,7 @@ def load_mnist_like(name: str, data_dir: str | Path | None = None, val_size: int
     return Dataset(name, train, val, test, 10, {"files": {k: str(v) for k, v in paths.items()}, **pixels})
 
 
-DATASETS = ("digits", "mnist", "fashion-mnist")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
 # Input shape (C, H, W), number of classes and training-set size (validation
 # included) of each dataset, known without loading it.
@@ -168,6 +168,7 @@ SHAPES = {
     "digits": ((1, 8, 8), 10, 1437),
     "mnist": ((1, 28, 28), 10, 60000),
     "fashion-mnist": ((1, 28, 28), 10, 60000),
+    "cifar10": ((3, 32, 32), 10, 50000),
 }
 
 
@@ -182,6 +183,10 @@ def load(name: str, data_dir: str | Path | None = None, val_size: int | None = N
         dataset = load_digits(val_size)
     elif name in _MNIST_LIKE:
         dataset = load_mnist_like(name, data_dir, val_size, download)
+    elif name == "cifar10":
+        from .cifar import load_cifar10
+
+        dataset = load_cifar10(data_dir, val_size)
     else:
         raise CreditlabError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     log.info("loaded %s: %d train, %d validation, %d test examples of shape %s", name, len(dataset.train),

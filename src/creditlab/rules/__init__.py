@@ -9,7 +9,7 @@ from .base import OptimizerDefaults, Rule, make_options, option  # noqa: F401
 _REGISTRY: dict[str, type[Rule]] = {}
 
 # Modules that define rules; each registers its classes on import.
-_MODULES = ("gradient", "feedback", "perturbation", "energy", "microcircuit", "wake_sleep")
+_MODULES = ("gradient", "feedback", "perturbation", "energy", "microcircuit", "target", "wake_sleep")
 
 
 def register(cls: type[Rule]) -> type[Rule]:

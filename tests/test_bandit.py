@@ -100,7 +100,7 @@ def test_rule_never_receives_the_label():
 
 def test_bandit_serves_rules_whose_loss_is_cross_entropy():
     served = tasks.rule_names("bandit")
-    for name in ("bp", "fa", "dfa"):
+    for name in ("bp", "fa", "dfa", "np", "wp", "hebbian"):
         assert name in served
     assert "wake-sleep" not in served and "rws" not in served
 

@@ -116,9 +116,10 @@ def train_layer(model: StackedAutoencoder, layer: int, split: data.Split, epochs
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            if not math.isfinite(float(loss)):
+            value = loss.item()
+            if not math.isfinite(value):
                 raise CreditlabError(f"autoencoder layer {layer + 1} diverged at epoch {epoch + 1}; lower --lr")
-            total += float(loss) * len(x)
+            total += value * len(x)
             count += len(x)
         history.append(total / count)
         log.info("layer %d epoch %d/%d: reconstruction loss %.4f", layer + 1, epoch + 1, epochs, history[-1])

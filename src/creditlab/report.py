@@ -53,7 +53,10 @@ def _angles(records: list[dict], key: str) -> str:
     rows = [r.get(key) for r in records if r.get(key)]
     if not rows:
         return "n/a"
-    return " / ".join(f"{a:.0f}" for a in np.nanmean(np.array(rows, dtype=float), axis=0))
+    table = np.array(rows, dtype=float)
+    # A layer without the quantity (no feedback weights, say) is NaN in every run: show n/a, not a warning.
+    means = [np.nanmean(column) if np.isfinite(column).any() else math.nan for column in table.T]
+    return " / ".join("n/a" if math.isnan(a) else f"{a:.0f}" for a in means)
 
 
 def group_by_rule(records: list[dict]) -> dict[str, list[dict]]:
@@ -130,7 +133,8 @@ def plot_errors(histories: dict, rule_names: list[str], path: Path) -> None:
     ax.set_ylabel("test error (%)")
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     ax.set_title("Test error per epoch (mean ± std over seeds)")
     figure.tight_layout()
     io.save_figure(path, figure)
@@ -161,7 +165,8 @@ def plot_angles(histories: dict, rule_names: list[str], key: str, title: str, pa
         ax.grid(True, alpha=0.3)
     for extra in range(layer_count, rows * columns):
         axes[extra // columns][extra % columns].axis("off")
-    axes[0][0].legend(fontsize=7)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=7)
     figure.suptitle(title)
     figure.tight_layout()
     if drawn:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from . import data, io, nets
 from .errors import CreditlabError
 from .rules.target import Inverse, make_inverse, run_block
+from .train import validate_common
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +44,7 @@ class AutoencoderConfig:
     examples: int = 8
 
     def validate(self) -> None:
-        if self.data not in data.DATASETS:
-            raise CreditlabError(f"unknown dataset {self.data!r}; choose one of {', '.join(data.DATASETS)}")
-        nets.parse(self.net)
-        if self.activation not in nets.ACTIVATIONS:
-            raise CreditlabError(f"unknown activation {self.activation!r}; choose one of {', '.join(nets.ACTIVATIONS)}")
-        for name in ("epochs", "batch_size", "examples"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise CreditlabError(f"invalid {name.replace('_', ' ')} {value!r}: give a positive integer")
+        validate_common(self, ("epochs", "batch_size", "examples"))
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise CreditlabError(f"invalid lr {self.lr!r}: give a positive finite number, e.g. 1e-3")
         if not (math.isfinite(self.noise) and self.noise >= 0):

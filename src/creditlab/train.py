@@ -39,6 +39,19 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 
 
+def validate_common(config, positive_ints: tuple[str, ...]) -> None:
+    """Check the dataset, net spec and activation of `config`, and that the named fields are positive integers."""
+    if config.data not in data.DATASETS:
+        raise CreditlabError(f"unknown dataset {config.data!r}; choose one of {', '.join(data.DATASETS)}")
+    nets.parse(config.net)
+    if config.activation not in nets.ACTIVATIONS:
+        raise CreditlabError(f"unknown activation {config.activation!r}; choose one of {', '.join(nets.ACTIVATIONS)}")
+    for name in positive_ints:
+        value = getattr(config, name)
+        if not isinstance(value, int) or value <= 0:
+            raise CreditlabError(f"invalid {name.replace('_', ' ')} {value!r}: give a positive integer")
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a run. Fields left as None take the rule's or dataset's default."""
@@ -104,15 +117,7 @@ class RunConfig:
         return out
 
     def validate(self) -> None:
-        if self.data not in data.DATASETS:
-            raise CreditlabError(f"unknown dataset {self.data!r}; choose one of {', '.join(data.DATASETS)}")
-        nets.parse(self.net)
-        if self.activation not in nets.ACTIVATIONS:
-            raise CreditlabError(f"unknown activation {self.activation!r}; choose one of {', '.join(nets.ACTIVATIONS)}")
-        for name in ("epochs", "batch_size", "angle_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise CreditlabError(f"invalid {name.replace('_', ' ')} {value!r}: give a positive integer")
+        validate_common(self, ("epochs", "batch_size", "angle_every"))
         for name in ("lr", "feedback_lr"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):

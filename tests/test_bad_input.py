@@ -180,3 +180,22 @@ def test_command_line_exit_status_is_2():
     result = subprocess.run([sys.executable, "-m", "creditlab", "train", "--lr", "nan"], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == "creditlab: error: invalid lr nan: give a positive finite number, e.g. 1e-3"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--rules", ","], "no rules to compare"),
+    (["--rules", "bp,bp"], "rule bp is listed twice"),
+    (["--rules", "bp", "--seeds", "1,1"], "seed 1 is listed twice"),
+])
+def test_compare_rejects_empty_or_repeated_lists(args, message, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    check_error(["compare", *args, "--epochs", "1", "--out", str(out), "--no-progress"], message, capsys)
+    assert not (out / "report.md").exists()
+
+
+def test_autoencoder_rejects_file_as_out_before_training(tmp_path, capsys):
+    target = tmp_path / "afile"
+    target.write_text("keep me")
+    check_error(["autoencoder", "--epochs", "1", "--out", str(target), "--no-progress"],
+                "cannot write to output folder", capsys)
+    assert target.read_text() == "keep me"

@@ -60,6 +60,10 @@ batch_size = { choice = [16, 32] }
     ("[grid\nrule = 1", "not valid TOML"),
     ("outt = 'x'\n[grid]\nrule = ['bp']", "did you mean 'out'"),
     ("[grid]\nrule = ['bp']\nlr = [nan]", "invalid lr"),
+    ("[random]\nsamples = 2\nlr = { log_uniform = [1e-2, -1e-4] }", "low <= high"),
+    ("[random]\nsamples = 2\nlr = { log_uniform = [0, 1e-2] }", "positive bounds"),
+    ("[random]\nsamples = 2\nlr = { uniform = [1e-2] }", r"needs \[low, high\]"),
+    ("[random]\nsamples = 2\nbatch_size = { choice = [] }", "non-empty list"),
 ])
 def test_bad_sweep_files_raise(tmp_path, text, message):
     with pytest.raises(CreditlabError, match=message):

@@ -162,10 +162,11 @@ def save_grid(path: Path, originals: torch.Tensor, rows: list[torch.Tensor], lab
 
 def run(config: AutoencoderConfig, out: str | Path, progress: bool = True) -> dict:
     """Train a stacked autoencoder layer by layer; write metrics.json and reconstructions.png to `out`."""
-    from .train import pick_device
+    from .train import check_writable, pick_device
 
     config.validate()
     out = Path(out)
+    check_writable(out)
     device = pick_device(config.device)
     dataset = data.load(config.data, config.data_dir).to(device)
     spec = nets.parse(config.net)

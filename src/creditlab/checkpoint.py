@@ -1,5 +1,6 @@
 """Safe checkpoint loading: `torch.load(weights_only=True)` and a name and shape check of every tensor."""
 
+import logging
 from pathlib import Path
 
 import torch
@@ -7,14 +8,18 @@ from torch import nn
 
 from .errors import CreditlabError
 
+log = logging.getLogger(__name__)
+
 
 def load_checkpoint(path: Path) -> dict:
     """Load a checkpoint without running code from it; raise a one-line error if it is unreadable."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad or malicious file
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise CreditlabError(f"cannot load checkpoint {path}: {reason}; delete it to start the run afresh") from None
+        # torch's own message may suggest weights_only=False, which would run code from the file: log it, never repeat it.
+        log.debug("torch.load(%s, weights_only=True) failed: %s", path, exc)
+        raise CreditlabError(f"cannot load checkpoint {path}: it is corrupt, truncated or contains objects other than "
+                             f"tensors and plain containers; delete it to start the run afresh") from None
     if not isinstance(state, dict) or "rule" not in state:
         raise CreditlabError(f"{path} is not a creditlab checkpoint; delete it to start the run afresh")
     return state

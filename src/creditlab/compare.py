@@ -45,6 +45,14 @@ def compare(rule_names: list[str], base: RunConfig, seeds: list[int], out: str |
         raise CreditlabError(f"invalid jobs {jobs}: give a positive number of worker processes")
     if unknown:
         raise CreditlabError(f"options given for rule {unknown[0]!r}, which is not in --rules; add it or drop the option")
+    if not rule_names:
+        raise CreditlabError("no rules to compare; give --rules as names separated by commas, e.g. bp,fa")
+    if not seeds:
+        raise CreditlabError("no seeds to run; give --seeds as integers separated by commas, e.g. 0,1,2")
+    for items, kind in ((rule_names, "rule"), (seeds, "seed")):
+        repeated = sorted({str(item) for item in items if items.count(item) > 1})
+        if repeated:
+            raise CreditlabError(f"{kind} {repeated[0]} is listed twice; list each {kind} once")
     configs = []
     for name in rule_names:
         rules.get(name)

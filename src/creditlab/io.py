@@ -50,7 +50,8 @@ def save_torch(path: Path, obj: Any) -> None:
 
 
 def save_figure(path: Path, figure) -> None:
-    _write_atomic(path, lambda f: figure.savefig(f, format="png", dpi=120), "wb")
+    # bbox_inches="tight" keeps a legend placed outside the axes inside the image.
+    _write_atomic(path, lambda f: figure.savefig(f, format="png", dpi=120, bbox_inches="tight"), "wb")
 
 
 def read_json(path: Path) -> Any:

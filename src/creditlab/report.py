@@ -117,6 +117,26 @@ def _curves(histories: dict, rule: str, key: str, index: int | None = None) -> n
     return np.array([r + [math.nan] * (length - len(r)) for r in runs], dtype=float)
 
 
+def rule_style(rule_names: list[str], rule: str) -> dict:
+    """Return plot keywords that tell up to 40 rules apart: 20 colours, then the same colours dashed."""
+    index = rule_names.index(rule) if rule in rule_names else 0
+    colours = plt.get_cmap("tab20").colors
+    return {"color": colours[index % 20], "linestyle": "-" if index < 20 else "--"}
+
+
+def outside_legend(figure, ax=None) -> None:
+    """Draw one legend of every labelled line, right of the plots so that it covers none of them."""
+    handles, labels = {}, []
+    for axis in ([ax] if ax is not None else figure.axes):
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+    if labels:
+        figure.legend([handles[label] for label in labels], labels, fontsize=8, loc="center left",
+                      bbox_to_anchor=(1.0, 0.5))
+
+
 def plot_errors(histories: dict, rule_names: list[str], path: Path) -> None:
     figure, ax = plt.subplots(figsize=(7, 4.5))
     for rule in rule_names:
@@ -125,18 +145,18 @@ def plot_errors(histories: dict, rule_names: list[str], path: Path) -> None:
             continue
         epochs = np.arange(1, curves.shape[1] + 1)
         mean = np.nanmean(curves, axis=0) * 100
-        ax.plot(epochs, mean, label=rule)
+        style = rule_style(rule_names, rule)
+        ax.plot(epochs, mean, label=rule, **style)
         if len(curves) > 1:
             std = np.nanstd(curves, axis=0) * 100
-            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=style["color"])
     ax.set_xlabel("epoch")
     ax.set_ylabel("test error (%)")
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
     ax.set_title("Test error per epoch (mean ± std over seeds)")
     figure.tight_layout()
+    outside_legend(figure, ax)
     io.save_figure(path, figure)
     plt.close(figure)
 
@@ -155,7 +175,8 @@ def plot_angles(histories: dict, rule_names: list[str], key: str, title: str, pa
             curves = _curves(histories, rule, key, layer)
             if curves is None or np.all(np.isnan(curves)):
                 continue
-            ax.plot(np.arange(1, curves.shape[1] + 1), np.nanmean(curves, axis=0), label=rule)
+            ax.plot(np.arange(1, curves.shape[1] + 1), np.nanmean(curves, axis=0), label=rule,
+                    **rule_style(rule_names, rule))
             drawn = True
         ax.set_title(f"layer {layer + 1}")
         ax.set_xlabel("epoch")
@@ -165,10 +186,9 @@ def plot_angles(histories: dict, rule_names: list[str], key: str, title: str, pa
         ax.grid(True, alpha=0.3)
     for extra in range(layer_count, rows * columns):
         axes[extra // columns][extra % columns].axis("off")
-    if axes[0][0].get_legend_handles_labels()[0]:
-        axes[0][0].legend(fontsize=7)
     figure.suptitle(title)
     figure.tight_layout()
+    outside_legend(figure)
     if drawn:
         io.save_figure(path, figure)
     plt.close(figure)
@@ -205,10 +225,11 @@ def plot_curves(histories: dict, rule_names: list[str], key: str, path: Path, yl
         longest = max((h for (name, _), h in histories.items() if name == rule), key=len)
         xs = np.array([x(record) for record in longest], dtype=float)
         mean = np.nanmean(curves, axis=0) * scale
-        ax.plot(xs, mean, label=rule)
+        style = rule_style(rule_names, rule)
+        ax.plot(xs, mean, label=rule, **style)
         if len(curves) > 1:
             std = np.nanstd(curves, axis=0) * scale
-            ax.fill_between(xs, mean - std, mean + std, alpha=0.2)
+            ax.fill_between(xs, mean - std, mean + std, alpha=0.2, color=style["color"])
         drawn = True
     if drawn:
         ax.set_xlabel(xlabel)
@@ -218,9 +239,9 @@ def plot_curves(histories: dict, rule_names: list[str], key: str, path: Path, yl
             ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
             ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
         ax.set_title(title)
         figure.tight_layout()
+        outside_legend(figure, ax)
         io.save_figure(path, figure)
     plt.close(figure)
     return drawn

@@ -99,7 +99,23 @@ def load_sweep(path: str | Path) -> dict:
         if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in _DISTRIBUTIONS:
             raise CreditlabError(f"{path}: [random] {key} must be one of {{ choice = [...] }}, "
                                  f"{{ uniform = [low, high] }}, {{ log_uniform = [low, high] }}, {{ int_uniform = [low, high] }}")
+        _check_distribution(key, dist, path)
     return spec
+
+
+def _check_distribution(key: str, dist: dict, path: Path) -> None:
+    """Reject arguments a distribution cannot draw from: an empty choice, bounds that are not two numbers."""
+    (kind, args), = dist.items()
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise CreditlabError(f"{path}: [random] {key}: choice needs a non-empty list, not {args!r}")
+        return
+    numeric = (int,) if kind == "int_uniform" else (int, float)
+    if (not isinstance(args, list) or len(args) != 2
+            or not all(isinstance(a, numeric) and not isinstance(a, bool) for a in args) or args[0] > args[1]):
+        raise CreditlabError(f"{path}: [random] {key}: {kind} needs [low, high] with low <= high, not {args!r}")
+    if kind == "log_uniform" and args[0] <= 0:
+        raise CreditlabError(f"{path}: [random] {key}: log_uniform needs positive bounds, not {args!r}")
 
 
 def _draw(dist: dict, rng: random.Random) -> Any:

@@ -40,6 +40,7 @@ DIGITS_CASES = [
     (["train", "--schedule", "step"], "unknown schedule 'step'"),
     (["train", "--momentum", "1.5"], "invalid momentum 1.5"),
     (["train", "--weight-decay", "-1"], "invalid weight decay"),
+    (["train", "--rule", "kp", "-o", "decay=-1"], "invalid decay -1.0 for rule 'kp'"),
     (["train", "--val-size", "-5"], "invalid validation size -5"),
     (["train", "--val-size", "99999"], "invalid validation size 99999"),
     (["train", "--device", "tpu"], "unknown device 'tpu'"),

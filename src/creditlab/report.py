@@ -46,6 +46,8 @@ def _pct(values: list[float]) -> str:
     mean, std = _mean_std(values)
     if math.isnan(mean):
         return "n/a"
+    if sum(v is not None and not math.isnan(v) for v in values) == 1:
+        return f"{100 * mean:.2f}"  # one run has no spread to show
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 

@@ -9,12 +9,14 @@ decay (kp), or learned from noise in a mirror phase (weight-mirror). dfa sends
 the output error straight to every hidden block through a fixed random matrix.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import CreditlabError
 from ..metrics import angle_deg
 from . import register
 from .base import SGD_DEFAULTS, OptimizerDefaults, Rule, option
@@ -106,6 +108,11 @@ class KPOptions:
                           "Akrout et al. 2019 (the Kolen-Pollack decay); value chosen for MNIST-scale runs")
     scale: float = option(1.0, "multiplier on the Glorot-uniform scale of the initial random feedback weights",
                           "random start as in fa")
+
+    def __post_init__(self):
+        # Checked here, so a bad value is rejected when the run's options are resolved, before any work.
+        if not (math.isfinite(self.decay) and self.decay >= 0):
+            raise CreditlabError(f"invalid decay {self.decay!r} for rule 'kp': give a finite number >= 0, e.g. 1e-3")
 
 
 @register

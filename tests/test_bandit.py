@@ -91,7 +91,8 @@ def test_rule_never_receives_the_label():
     labels = torch.tensor([3, 7, 1, 9])
     task.step(spy, torch.zeros(4, 1, 8, 8), labels)
     (target,) = received
-    assert target.dtype == torch.float32 and target.shape == (4, 10)
+    assert target.dtype == torch.float32
+    assert target.shape == (4, 10)
     assert torch.equal(target, torch.zeros(4, 10))  # every guess was wrong and b = 0: no trace of the labels
 
 
@@ -102,7 +103,8 @@ def test_bandit_serves_rules_whose_loss_is_cross_entropy():
     served = tasks.rule_names("bandit")
     for name in ("bp", "fa", "dfa", "np", "wp", "hebbian"):
         assert name in served
-    assert "wake-sleep" not in served and "rws" not in served
+    assert "wake-sleep" not in served
+    assert "rws" not in served
 
     class OwnLoss(Rule):
         tasks = ("classification",)

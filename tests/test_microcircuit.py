@@ -10,6 +10,8 @@ from creditlab.errors import CreditlabError
 from creditlab.nets.microcircuit import Conductances, MicrocircuitNet, PlasticityRates, present
 from creditlab.rules.microcircuit import Microcircuit
 from creditlab.train import RunConfig, train
+from creditlab.tasks.classification import Classification
+from helpers import train_interrupted_then_resumed
 
 
 def build(spec: str, activation: str = "tanh", **options) -> Microcircuit:
@@ -279,20 +281,7 @@ def test_online_compare_beside_bp(tmp_path):
 def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     config = RunConfig(rule="microcircuit", epochs=3, rule_options={"self_predicting_presentations": 2000})
     reference = train(config, tmp_path / "a", progress=False)
-    calls = {"n": 0}
-    real_error_rate = metrics.error_rate
-
-    def interrupt_in_second_epoch(rule, split, batch_size=1000):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_error_rate(rule, split, batch_size)
-
-    monkeypatch.setattr(metrics, "error_rate", interrupt_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "b", progress=False)
-    monkeypatch.setattr(metrics, "error_rate", real_error_rate)
-    resumed = train(config, tmp_path / "b", progress=False)
+    resumed = train_interrupted_then_resumed(config, tmp_path / "b", monkeypatch, Classification)
     for key in ("test_error", "val_error", "train_loss", "update_angle_deg", "weight_angle_deg"):
         assert resumed[key] == reference[key], key
 

@@ -11,7 +11,8 @@ from creditlab import metrics, nets, rules
 from creditlab.autoencoder import StackedAutoencoder, layer_loss, reconstruction_error, train_layer
 from creditlab.errors import CreditlabError
 from creditlab.rules.target import gauss_newton_updates
-from helpers import grads
+from creditlab.tasks.classification import Classification
+from helpers import grads, train_interrupted_then_resumed
 
 
 class ExactInverse(nn.Module):
@@ -338,20 +339,7 @@ def test_alternating_rule_resumes_exactly(tmp_path, monkeypatch):
 
     config = RunConfig(rule="ldrl", epochs=3)
     reference = train(config, tmp_path / "a", progress=False)
-    real_error_rate = metrics.error_rate
-    calls = {"n": 0}
-
-    def interrupt_in_second_epoch(rule, split, batch_size=1000):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_error_rate(rule, split, batch_size)
-
-    monkeypatch.setattr(metrics, "error_rate", interrupt_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "b", progress=False)
-    monkeypatch.setattr(metrics, "error_rate", real_error_rate)
-    resumed = train(config, tmp_path / "b", progress=False)
+    resumed = train_interrupted_then_resumed(config, tmp_path / "b", monkeypatch, Classification)
     assert resumed["test_error"] == reference["test_error"]
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["rule"]
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["rule"]

@@ -415,6 +415,7 @@ def test_compare_density_reports_both_rules(tmp_path):
         assert run["test_log_likelihood"] < 0
         assert run["best_val_log_likelihood"] >= run["val_log_likelihood"]
     report = (out / "report.md").read_text()
-    assert "| wake-sleep | 1 |" in report and "| rws | 1 |" in report
+    assert "| wake-sleep | 1 |" in report
+    assert "| rws | 1 |" in report
     assert "![runs/rws-seed0/samples.png](runs/rws-seed0/samples.png)" in report
     assert (out / "val_log_likelihood.png").read_bytes()[:4] == b"\x89PNG"

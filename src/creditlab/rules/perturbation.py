@@ -107,7 +107,7 @@ class _PerturbationRule(Rule):
     def example_losses(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Return the cross-entropy of each example of each network: (..., B, C) logits -> (..., B).
 
-        `y` holds class indices (B,) or the bandit's soft targets (B, C).
+        `y` contains class indices (B,) or the bandit's soft targets (B, C).
         """
         classes = output.shape[-1]
         if y.is_floating_point():

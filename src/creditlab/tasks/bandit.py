@@ -159,7 +159,7 @@ class Bandit(Classification):
         header = ("| rule | learns from | runs | test error % | val error % | examples seen | training reward % "
                   "| update angle per layer (°) | examples/s | forward-pass equivalents |")
         lines = [header, "|" + "---|" * (header.count("|") - 1)]
-        # The supervised reference sees one label per training image, as many as the bandit runs' rewards.
+        # The supervised reference gets one label per training image, as many as the bandit runs get rewards.
         per_epoch = next((r["rewards_seen"] / r["epochs"] for r in records if r.get("rewards_seen")), math.nan)
         for rule, group in group_by_rule(records).items():
             finished, runs = finished_runs(group)

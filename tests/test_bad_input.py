@@ -200,3 +200,34 @@ def test_autoencoder_rejects_file_as_out_before_training(tmp_path, capsys):
     check_error(["autoencoder", "--epochs", "1", "--out", str(target), "--no-progress"],
                 "cannot write to output folder", capsys)
     assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("rule, option, message", [
+    ("ep", "dt=2", "invalid dt 2.0 for rule 'ep'"),
+    ("ep", "beta=0", "invalid beta 0.0 for rule 'ep'"),
+    ("pc", "inference_steps=0", "invalid inference_steps 0 for rule 'pc'"),
+    ("ddtp", "damping=-1", "invalid damping -1.0 for rule 'ddtp'"),
+    ("dtp", "noise=0", "invalid noise 0.0 for rule 'dtp'"),
+    ("np", "perturbations=0", "invalid perturbations 0 for rule 'np'"),
+    ("hebbian", "rank=1", "invalid rank 1 for rule 'hebbian'"),
+    ("microcircuit", "dt=0", "invalid value 0.0 for option 'dt' of rule 'microcircuit'"),
+])
+def test_rule_option_rejected_before_run_folder(rule, option, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    check_error(["train", "--rule", rule, "-o", option, "--epochs", "1", "--out", str(out), "--no-progress"],
+                message, capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--epochs", "abc"], "argument --epochs: invalid int value: 'abc'"),
+    (["scaling", "--task", "density"], "unrecognized arguments: --task density"),
+    (["scaling", "--online"], "unrecognized arguments: --online"),
+    (["compare", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_argument_errors_take_one_line(args, message):
+    result = subprocess.run([sys.executable, "-m", "creditlab", *args], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("creditlab: error: "), result.stderr
+    assert message in result.stderr, result.stderr

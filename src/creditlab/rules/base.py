@@ -60,9 +60,18 @@ class Rule(nn.Module):
         super().__init__()
         self.net = net
         self.options = options if options is not None else self.Options()
+        self.check_options(self.options)
         kind = getattr(getattr(net, "spec", None), "kind", None)
         if kind is not None and kind not in self.kinds:
             raise CreditlabError(f"rule {self.name!r} does not support {kind} nets; it supports {', '.join(self.kinds)}")
+
+    @classmethod
+    def check_options(cls, options: Any) -> None:
+        """Raise CreditlabError for an option value out of range.
+
+        `make_options` calls it, so a run rejects a bad value before it loads
+        any data; the constructor calls it again for options built by hand.
+        """
 
     @classmethod
     def make_net(cls, spec: nets.NetSpec, activation: str, init: str = "auto") -> nn.Module:
@@ -148,7 +157,11 @@ def make_options(rule_cls: type[Rule], values: dict[str, Any] | None, kind: str 
             valid = ", ".join(fields) or "none"
             raise CreditlabError(f"unknown option {key!r} for {kind} {rule_cls.name!r}; {hint}valid options: {valid}")
         kwargs[name] = _convert(rule_cls.name, fields[name], value, kind)
-    return rule_cls.Options(**kwargs)
+    options = rule_cls.Options(**kwargs)
+    check = getattr(rule_cls, "check_options", None)
+    if check is not None:
+        check(options)
+    return options
 
 
 def _convert(rule: str, f: dataclasses.Field, value: Any, kind: str = "rule") -> Any:

@@ -46,6 +46,11 @@ def _positive_float(rule: str, name: str, value, upper: float | None = None) -> 
         raise CreditlabError(f"invalid {name} {value!r} for rule {rule!r}: give a finite number above 0{limit}")
 
 
+def _tolerance(rule: str, value) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise CreditlabError(f"invalid tol {value!r} for rule {rule!r}: give a finite number >= 0")
+
+
 @dataclass
 class RelaxationOptions:
     free_steps: int = option(20, "step budget of the free phase (relaxation steps); MNIST nets with two hidden "
@@ -94,7 +99,6 @@ class _EnergyRule(Rule):
             raise CreditlabError(f"rule {self.name!r} trains an energy net, not a {type(net).__name__}; "
                                  f"build it with creditlab.rules.get({self.name!r}).make_net(spec, activation)")
         super().__init__(net, options)
-        self.check_options()
         o = self.options
         net.readout = self.uses_readout()
         net.free_steps, net.dt, net.tol, net.schedule = o.free_steps, o.dt, o.tol, o.schedule
@@ -105,12 +109,11 @@ class _EnergyRule(Rule):
             self.feedback_weights = nn.ParameterList([nn.Parameter(_random_like(w.detach())) for w in carrying])
             net.feedback = list(self.feedback_weights)
 
-    def check_options(self) -> None:
-        o = self.options
-        _positive_int(self.name, "free_steps", o.free_steps)
-        _positive_float(self.name, "dt", o.dt, upper=1.0)
-        if not (math.isfinite(o.tol) and o.tol >= 0):
-            raise CreditlabError(f"invalid tol {o.tol!r} for rule {self.name!r}: give a finite number >= 0")
+    @classmethod
+    def check_options(cls, options) -> None:
+        _positive_int(cls.name, "free_steps", options.free_steps)
+        _positive_float(cls.name, "dt", options.dt, upper=1.0)
+        _tolerance(cls.name, options.tol)
 
     def uses_readout(self) -> bool:
         return getattr(self.options, "cost", "mse") == "ce"
@@ -166,9 +169,9 @@ def _feedback_option():
                   "reciprocal weights differ; symmetric is the energy-based default", choices=("symmetric", "separate"))
 
 
-def _check_nudge(rule: Rule) -> None:
-    _positive_int(rule.name, "nudged_steps", rule.options.nudged_steps)
-    _positive_float(rule.name, "beta", rule.options.beta)
+def _check_nudge(rule: str, options) -> None:
+    _positive_int(rule, "nudged_steps", options.nudged_steps)
+    _positive_float(rule, "beta", options.beta)
 
 
 @dataclass
@@ -194,9 +197,10 @@ class EquilibriumPropagation(_EnergyRule):
     reference = "Scellier & Bengio 2017; Laborieux et al. 2021"
     Options = EPOptions
 
-    def check_options(self):
-        super().check_options()
-        _check_nudge(self)
+    @classmethod
+    def check_options(cls, options):
+        super().check_options(options)
+        _check_nudge(cls.name, options)
 
     def betas(self) -> list[float]:
         beta, nudging = self.options.beta, self.options.nudging
@@ -250,9 +254,10 @@ class _ClampedRule(_EnergyRule):
     """Free phase, then a phase with the output units held at the target (the output is in the energy)."""
     Options = ClampedOptions
 
-    def check_options(self):
-        super().check_options()
-        _positive_int(self.name, "clamped_steps", self.options.clamped_steps)
+    @classmethod
+    def check_options(cls, options):
+        super().check_options(options)
+        _positive_int(cls.name, "clamped_steps", options.clamped_steps)
 
     def phases(self, x, y) -> tuple[Relaxation, Relaxation, Phase]:
         target = self.target(y, x)
@@ -356,9 +361,10 @@ class AlmeidaPineda(_EnergyRule):
     reference = "Almeida 1987; Pineda 1987"
     Options = APOptions
 
-    def check_options(self):
-        super().check_options()
-        _positive_int(self.name, "adjoint_steps", self.options.adjoint_steps)
+    @classmethod
+    def check_options(cls, options):
+        super().check_options(options)
+        _positive_int(cls.name, "adjoint_steps", options.adjoint_steps)
 
     def step(self, x, y):
         self.clear_grads()
@@ -403,14 +409,12 @@ class PredictiveCoding(Rule):
     Options = PCOptions
     defaults = OptimizerDefaults("adam", lr=1e-3)
 
-    def __init__(self, net, options=None):
-        super().__init__(net, options)
-        o = self.options
-        _positive_int(self.name, "inference_steps", o.inference_steps)
-        _positive_float(self.name, "inference_rate", o.inference_rate, upper=1.0)
-        _positive_float(self.name, "output_weight", o.output_weight)
-        if not (math.isfinite(o.tol) and o.tol >= 0):
-            raise CreditlabError(f"invalid tol {o.tol!r} for rule {self.name!r}: give a finite number >= 0")
+    @classmethod
+    def check_options(cls, options):
+        _positive_int(cls.name, "inference_steps", options.inference_steps)
+        _positive_float(cls.name, "inference_rate", options.inference_rate, upper=1.0)
+        _positive_float(cls.name, "output_weight", options.output_weight)
+        _tolerance(cls.name, options.tol)
 
     def output_cost(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-example cost C of the output prediction mu_L."""

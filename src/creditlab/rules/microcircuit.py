@@ -102,13 +102,16 @@ class Microcircuit(Rule):
     def make_net(cls, spec, activation, init="auto"):
         return MicrocircuitNet(spec, activation, init)
 
+    @classmethod
+    def check_options(cls, options):
+        check_microcircuit_options(options)
+
     def __init__(self, net, options=None):
         super().__init__(net, options)
         if not isinstance(net, MicrocircuitNet):
             raise CreditlabError("the microcircuit rule needs a MicrocircuitNet; build it with "
                                  "Microcircuit.make_net(spec, activation) or rules.build on that net")
         o = self.options
-        _check_options(o)
         net.conductances = Conductances(o.g_leak, o.g_basal, o.g_apical, o.g_dendrite, o.g_nudge,
                                         o.g_interneuron_nudge)
         net.conductances.validate()
@@ -269,7 +272,7 @@ class Microcircuit(Rule):
         }
 
 
-def _check_options(o: MicrocircuitOptions) -> None:
+def check_microcircuit_options(o: MicrocircuitOptions) -> None:
     positive = {"dt": "ms", "presentation_ms": "ms"}
     for name, unit in positive.items():
         value = getattr(o, name)

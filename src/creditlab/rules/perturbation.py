@@ -94,14 +94,13 @@ class _PerturbationRule(Rule):
     # On the bandit the perturbed loss is the policy-gradient loss of the sampled actions and rewards.
     tasks = ("classification", "bandit")
 
-    def __init__(self, net, options=None):
-        super().__init__(net, options)
-        o = self.options
-        if o.perturbations <= 0:
-            raise CreditlabError(f"invalid perturbations {o.perturbations!r} for rule {self.name!r}: give a positive "
-                                 f"integer, e.g. 32")
-        if not o.noise_std > 0:
-            raise CreditlabError(f"invalid noise_std {o.noise_std!r} for rule {self.name!r}: give a positive "
+    @classmethod
+    def check_options(cls, options):
+        if options.perturbations <= 0:
+            raise CreditlabError(f"invalid perturbations {options.perturbations!r} for rule {cls.name!r}: give a "
+                                 f"positive integer, e.g. 32")
+        if not options.noise_std > 0:
+            raise CreditlabError(f"invalid noise_std {options.noise_std!r} for rule {cls.name!r}: give a positive "
                                  f"standard deviation, e.g. 1e-3")
 
     def example_losses(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -431,13 +430,13 @@ class Hebbian(Rule):
     reference = "Oja 1982; Sanger 1989; Krotov & Hopfield 2019"
     Options = HebbianOptions
 
-    def __init__(self, net, options=None):
-        super().__init__(net, options)
-        if self.options.rank < 2:
-            raise CreditlabError(f"invalid rank {self.options.rank!r} for rule 'hebbian': give an integer >= 2 "
+    @classmethod
+    def check_options(cls, options):
+        if options.rank < 2:
+            raise CreditlabError(f"invalid rank {options.rank!r} for rule 'hebbian': give an integer >= 2 "
                                  f"(rank 1 is the winner itself)")
-        if self.options.anti_hebbian < 0:
-            raise CreditlabError(f"invalid anti_hebbian {self.options.anti_hebbian!r} for rule 'hebbian': give a "
+        if options.anti_hebbian < 0:
+            raise CreditlabError(f"invalid anti_hebbian {options.anti_hebbian!r} for rule 'hebbian': give a "
                                  f"number >= 0")
 
     @staticmethod

@@ -177,7 +177,6 @@ class _TargetRule(Rule):
 
     def __init__(self, net, options=None):
         super().__init__(net, options)
-        self._check_options()
         blocks = len(net.blocks)
         # Activity index where the chain of inverses starts: the output, or with top=penultimate the layer below.
         self.chain_top = blocks - 1 if getattr(self.options, "top", "output") == "penultimate" else blocks
@@ -194,20 +193,21 @@ class _TargetRule(Rule):
             self.register_buffer("feedback_updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
 
-    def _check_options(self) -> None:
-        o = self.options
+    @classmethod
+    def check_options(cls, options) -> None:
+        o = options
         for name in ("beta", "noise"):
             value = getattr(o, name)
             if not (math.isfinite(value) and value > 0):
-                raise CreditlabError(f"invalid {name} {value!r} for rule {self.name!r}: give a positive finite number")
+                raise CreditlabError(f"invalid {name} {value!r} for rule {cls.name!r}: give a positive finite number")
         if o.feedback_iterations < 1:
-            raise CreditlabError(f"invalid feedback_iterations {o.feedback_iterations!r} for rule {self.name!r}: "
+            raise CreditlabError(f"invalid feedback_iterations {o.feedback_iterations!r} for rule {cls.name!r}: "
                                  f"give a positive integer")
         if not 0 <= o.feedback_momentum < 1:
-            raise CreditlabError(f"invalid feedback_momentum {o.feedback_momentum!r} for rule {self.name!r}: "
+            raise CreditlabError(f"invalid feedback_momentum {o.feedback_momentum!r} for rule {cls.name!r}: "
                                  f"give a number in [0, 1)")
         if o.warmup_steps < 0:
-            raise CreditlabError(f"invalid warmup_steps {o.warmup_steps!r} for rule {self.name!r}: give 0 or more")
+            raise CreditlabError(f"invalid warmup_steps {o.warmup_steps!r} for rule {cls.name!r}: give 0 or more")
 
     def _make_feedback(self) -> nn.ModuleList:
         """Build one inverse per block from the second to the chain's top: feedback[i - 1] maps h_{i+1} to h_i."""
@@ -521,10 +521,11 @@ class DirectDifferenceTargetPropagation(_TargetRule):
     def has_inverses(self) -> bool:
         return not self.direct
 
-    def _check_options(self) -> None:
-        super()._check_options()
-        if not (math.isfinite(self.options.damping) and self.options.damping >= 0):
-            raise CreditlabError(f"invalid damping {self.options.damping!r} for rule 'ddtp': give a finite number >= 0")
+    @classmethod
+    def check_options(cls, options) -> None:
+        super().check_options(options)
+        if not (math.isfinite(options.damping) and options.damping >= 0):
+            raise CreditlabError(f"invalid damping {options.damping!r} for rule 'ddtp': give a finite number >= 0")
 
     def _make_feedback(self):
         if not self.direct:

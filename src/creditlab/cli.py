@@ -51,13 +51,24 @@ def _task_options(items: list[str]) -> dict:
     return out
 
 
-def _add_run_options(p: argparse.ArgumentParser, epochs: int) -> None:
-    p.add_argument("--task", default="classification",
-                   help=f"what the rules learn: {', '.join(tasks.TASKS)} (default: classification); density models "
-                   "binarized images without labels, bandit learns classes from a reward of 1 or 0 alone")
-    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="task option, repeatable, e.g. test_samples=1000 (density) or baseline=learned (bandit); "
-                   "see docs/rules/wake-sleep.md and docs/tasks/bandit.md")
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors take one line, like the tool's other errors."""
+
+    def error(self, message):
+        self.exit(2, f"creditlab: error: {message}; see `{self.prog} --help`\n")
+
+
+def _add_run_options(p: argparse.ArgumentParser, epochs: int, task: bool = True) -> None:
+    """Add the options of a run; task=False leaves out --task, --task-option and --online (classification only)."""
+    if task:
+        p.add_argument("--task", default="classification",
+                       help=f"what the rules learn: {', '.join(tasks.TASKS)} (default: classification); density "
+                       "models binarized images without labels, bandit learns classes from a reward of 1 or 0 alone")
+        p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="task option, repeatable, e.g. test_samples=1000 (density) or baseline=learned (bandit); "
+                       "see docs/rules/wake-sleep.md and docs/tasks/bandit.md")
+    else:
+        p.set_defaults(task="classification", task_option=[], online=False)
     p.add_argument("--data", default="digits", help=f"dataset: {', '.join(data.DATASETS)} (default: digits)")
     p.add_argument("--net", default=None, help="net spec, e.g. mlp:784-256-256-10, conv:1x28x28-c32k5p-c64k5p-256-10 "
                    "or helmholtz:784-200-200 (default: mlp:64-128-128-10 for digits, mlp:784-256-256-10 for MNIST "
@@ -69,9 +80,11 @@ def _add_run_options(p: argparse.ArgumentParser, epochs: int) -> None:
                    "xavier, kaiming or torch (default: auto)")
     p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training set (default: {epochs})")
     p.add_argument("--batch-size", type=int, default=None, help="examples per update (default: 64, or 1 with --online)")
-    p.add_argument("--online", action="store_true",
-                   help="online mode: stream one example per update with each rule's online optimizer "
-                   "(SGD, no momentum; lr 0.01 unless the rule sets its own, see `creditlab rules -v`) (default: off)")
+    if task:
+        p.add_argument("--online", action="store_true",
+                       help="online mode: stream one example per update with each rule's online optimizer "
+                       "(SGD, no momentum; lr 0.01 unless the rule sets its own, see `creditlab rules -v`) "
+                       "(default: off)")
     p.add_argument("--optimizer", default=None, help="adam, adamw or sgd (default: the rule's own, see `creditlab rules`)")
     p.add_argument("--lr", type=float, default=None, help="learning rate of the forward weights (default: the rule's own)")
     p.add_argument("--feedback-lr", type=float, default=None,
@@ -114,7 +127,9 @@ def cmd_train(args) -> int:
     if not args.checkpoint_interval > 0:
         raise CreditlabError(f"invalid checkpoint interval {args.checkpoint_interval}: give a positive number of seconds")
     summary = train(config, out, progress=not args.no_progress, checkpoint_interval=args.checkpoint_interval)
-    if not distributed.is_main():
+    main_process = distributed.is_main()
+    distributed.teardown()
+    if not main_process:
         return 0
     headline = tasks.get(config.task).headline(summary)
     print(f"{summary['rule']} on {summary['dataset']}: {headline} after {summary['epochs']} epochs; results in {out}")
@@ -211,7 +226,7 @@ def cmd_autoencoder(args) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="creditlab", description="Compare credit-assignment rules on real data.")
+    parser = _Parser(prog="creditlab", description="Compare credit-assignment rules on real data.")
     parser.add_argument("--version", action="version", version=f"creditlab {__version__}")
     parser.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -267,7 +282,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-data", default="mnist", help="dataset of the budget study (default: mnist)")
     p.add_argument("--budget-net", default="mlp:784-256-10", help="net of the budget study; the linear "
                    "classifier uses its input and output sizes (default: mlp:784-256-10)")
-    _add_run_options(p, epochs=20)
+    _add_run_options(p, epochs=20, task=False)
     p.set_defaults(func=cmd_scaling)
 
     p = sub.add_parser("autoencoder", help="train a stacked denoising autoencoder layer by layer and save "

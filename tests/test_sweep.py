@@ -64,6 +64,8 @@ batch_size = { choice = [16, 32] }
     ("[random]\nsamples = 2\nlr = { log_uniform = [0, 1e-2] }", "positive bounds"),
     ("[random]\nsamples = 2\nlr = { uniform = [1e-2] }", r"needs \[low, high\]"),
     ("[random]\nsamples = 2\nbatch_size = { choice = [] }", "non-empty list"),
+    ("[grid]\nrule = ['bp', 'fa']\n\"kp.decay\" = [0.1]", "no trial runs rule 'kp'"),
+    ("[base]\n\"kp.decay\" = 0.1\n[grid]\nseed = [0, 1]", "no trial runs rule 'kp'"),
 ])
 def test_bad_sweep_files_raise(tmp_path, text, message):
     with pytest.raises(CreditlabError, match=message):

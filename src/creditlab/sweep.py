@@ -164,6 +164,12 @@ def expand(spec: dict) -> list[RunConfig]:
         rng = random.Random(0)
         draws = [{k: _draw(d, rng) for k, d in randomised.items()} for _ in range(samples)]
         trials = [{**t, **d} for d in draws for t in trials]
+    run = {t.get("rule", base.rule) for t in trials}
+    for key in [*spec.get("base", {}), *grid, *spec.get("random", {})]:
+        rule = key.partition(".")[0]
+        if "." in key and rule not in run:
+            raise CreditlabError(f"the sweep sets option {key!r}, but no trial runs rule {rule!r}; add {rule!r} "
+                                 f"to the rule list or remove the option")
     configs = []
     for settings in trials:
         config = _apply(settings, base)

@@ -36,6 +36,13 @@ def setup(device: torch.device) -> tuple[int, int]:
     return world()
 
 
+def teardown() -> None:
+    """Leave the process group once every process has finished (nothing to do outside torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def shard(index: torch.Tensor) -> torch.Tensor:
     """Return this process's share of a batch's example indices (every world-th one)."""
     rank, size = world()

@@ -57,7 +57,7 @@ DIGITS_CASES = [
     (["train", "--task", "bandit", "--rule", "wake-sleep"], "rule 'wake-sleep' does not serve the bandit task"),
     (["train", "--task", "density", "--rule", "rws", "--net", "mlp:64-10"], "does not support mlp nets"),
     (["train", "--task", "density", "--rule", "rws", "--net", "helmholtz:784-200"], "start the spec with helmholtz:64"),
-    (["train", "--task", "density", "--rule", "rws", "-o", "samples=0"], "invalid value 0 for option 'samples'"),
+    (["train", "--task", "density", "--rule", "rws", "-o", "samples=0"], "invalid samples 0 for rule 'rws'"),
     (["train", "--task", "density", "--rule", "rws", "--task-option", "test_samples=0"],
      "invalid value 0 for option 'test_samples' of task 'density'"),
     (["train", "--task", "bandit", "--task-option", "baseline=best"], "choose one of mean, learned, none"),
@@ -210,7 +210,7 @@ def test_autoencoder_rejects_file_as_out_before_training(tmp_path, capsys):
     ("dtp", "noise=0", "invalid noise 0.0 for rule 'dtp'"),
     ("np", "perturbations=0", "invalid perturbations 0 for rule 'np'"),
     ("hebbian", "rank=1", "invalid rank 1 for rule 'hebbian'"),
-    ("microcircuit", "dt=0", "invalid value 0.0 for option 'dt' of rule 'microcircuit'"),
+    ("microcircuit", "dt=0", "invalid dt 0.0 for rule 'microcircuit'"),
 ])
 def test_rule_option_rejected_before_run_folder(rule, option, message, tmp_path, capsys):
     out = tmp_path / "run"

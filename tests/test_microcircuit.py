@@ -287,14 +287,14 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"dt": 0.0}, "option 'dt'"),
-    ({"presentation_ms": -1.0}, "option 'presentation_ms'"),
+    ({"dt": 0.0}, "invalid dt 0.0"),
+    ({"presentation_ms": -1.0}, "invalid presentation_ms -1.0"),
     ({"dt": 0.5, "presentation_ms": 0.1}, "shorter than dt"),
-    ({"eta_forward": -0.1}, "option 'eta_forward'"),
+    ({"eta_forward": -0.1}, "invalid eta_forward -0.1"),
     ({"g_leak": -0.1}, "g_leak"),
     ({"self_predicting": "guess"}, "choose one of learn, exact"),
-    ({"self_predicting_batch": 0}, "option 'self_predicting_batch'"),
-    ({"top_down_scale": 0.0}, "option 'top_down_scale'"),
+    ({"self_predicting_batch": 0}, "invalid self_predicting_batch 0"),
+    ({"top_down_scale": 0.0}, "invalid top_down_scale 0.0"),
 ])
 def test_bad_options_raise_one_line(options, message):
     with pytest.raises(CreditlabError, match=message) as error:

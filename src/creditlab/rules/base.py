@@ -9,6 +9,7 @@ forward and auxiliary parameters alike.
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -24,6 +25,30 @@ def option(default: Any, help: str, source: str = "", choices: tuple = ()) -> An
     """Declare a rule option: its default, help text with unit, and where the default comes from."""
     return field(default=default, metadata={"help": help, "source": source, "choices": choices})
 
+
+
+def check_number(rule: str, name: str, value: Any, *, minimum: float = 0.0, above: bool = True,
+                 maximum: float | None = None, integer: bool = False, example: str = "") -> None:
+    """Raise a one-line CreditlabError unless option `name` of `rule` is a finite number in range.
+
+    above=True asks for value > minimum, above=False for value >= minimum;
+    `maximum`, when given, is included; integer=True also asks for an int.
+    """
+    number = isinstance(value, int) if integer else isinstance(value, (int, float))
+    fine = number and not isinstance(value, bool) and math.isfinite(value)
+    fine = fine and (value > minimum if above else value >= minimum) and (maximum is None or value <= maximum)
+    if fine:
+        return
+    kind = "an integer" if integer else "a finite number"
+    if above and minimum == 0:
+        wanted = f"a positive {'integer' if integer else 'finite number'}"
+    else:
+        wanted = f"{kind} {'above' if above else '>='} {minimum:g}"
+    if maximum is not None:
+        wanted += f" and at most {maximum:g}"
+    if example:
+        wanted += f", e.g. {example}"
+    raise CreditlabError(f"invalid {name} {value!r} for rule {rule!r}: give {wanted}")
 
 @dataclass
 class NoOptions:

@@ -22,33 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import nets
 from ..errors import CreditlabError
 from ..metrics import angle_deg
 from ..nets.energy import SCHEDULES, EnergyNet, Phase, Relaxation, _grad_or_zeros
 from . import register
-from .base import OptimizerDefaults, Rule, option
+from .base import OptimizerDefaults, Rule, check_number, option
 
 # Budget and tolerance of the free and adjoint relaxations behind `reference_gradients`.
 REFERENCE_STEPS = 500
 REFERENCE_TOL = 1e-5
-
-
-def _positive_int(rule: str, name: str, value) -> None:
-    if not isinstance(value, int) or value <= 0:
-        raise CreditlabError(f"invalid {name} {value!r} for rule {rule!r}: give a positive integer")
-
-
-def _positive_float(rule: str, name: str, value, upper: float | None = None) -> None:
-    bad = not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0)
-    if bad or (upper is not None and value > upper):
-        limit = f" and at most {upper:g}" if upper is not None else ""
-        raise CreditlabError(f"invalid {name} {value!r} for rule {rule!r}: give a finite number above 0{limit}")
-
-
-def _tolerance(rule: str, value) -> None:
-    if not (math.isfinite(value) and value >= 0):
-        raise CreditlabError(f"invalid tol {value!r} for rule {rule!r}: give a finite number >= 0")
 
 
 @dataclass
@@ -111,9 +93,9 @@ class _EnergyRule(Rule):
 
     @classmethod
     def check_options(cls, options) -> None:
-        _positive_int(cls.name, "free_steps", options.free_steps)
-        _positive_float(cls.name, "dt", options.dt, upper=1.0)
-        _tolerance(cls.name, options.tol)
+        check_number(cls.name, "free_steps", options.free_steps, integer=True)
+        check_number(cls.name, "dt", options.dt, maximum=1.0)
+        check_number(cls.name, "tol", options.tol, above=False)
 
     def uses_readout(self) -> bool:
         return getattr(self.options, "cost", "mse") == "ce"
@@ -170,8 +152,8 @@ def _feedback_option():
 
 
 def _check_nudge(rule: str, options) -> None:
-    _positive_int(rule, "nudged_steps", options.nudged_steps)
-    _positive_float(rule, "beta", options.beta)
+    check_number(rule, "nudged_steps", options.nudged_steps, integer=True)
+    check_number(rule, "beta", options.beta)
 
 
 @dataclass
@@ -257,7 +239,7 @@ class _ClampedRule(_EnergyRule):
     @classmethod
     def check_options(cls, options):
         super().check_options(options)
-        _positive_int(cls.name, "clamped_steps", options.clamped_steps)
+        check_number(cls.name, "clamped_steps", options.clamped_steps, integer=True)
 
     def phases(self, x, y) -> tuple[Relaxation, Relaxation, Phase]:
         target = self.target(y, x)
@@ -364,7 +346,7 @@ class AlmeidaPineda(_EnergyRule):
     @classmethod
     def check_options(cls, options):
         super().check_options(options)
-        _positive_int(cls.name, "adjoint_steps", options.adjoint_steps)
+        check_number(cls.name, "adjoint_steps", options.adjoint_steps, integer=True)
 
     def step(self, x, y):
         self.clear_grads()
@@ -411,10 +393,10 @@ class PredictiveCoding(Rule):
 
     @classmethod
     def check_options(cls, options):
-        _positive_int(cls.name, "inference_steps", options.inference_steps)
-        _positive_float(cls.name, "inference_rate", options.inference_rate, upper=1.0)
-        _positive_float(cls.name, "output_weight", options.output_weight)
-        _tolerance(cls.name, options.tol)
+        check_number(cls.name, "inference_steps", options.inference_steps, integer=True)
+        check_number(cls.name, "inference_rate", options.inference_rate, maximum=1.0)
+        check_number(cls.name, "output_weight", options.output_weight)
+        check_number(cls.name, "tol", options.tol, above=False)
 
     def output_cost(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-example cost C of the output prediction mu_L."""

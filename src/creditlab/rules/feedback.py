@@ -9,17 +9,15 @@ decay (kp), or learned from noise in a mirror phase (weight-mirror). dfa sends
 the output error straight to every hidden block through a fixed random matrix.
 """
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CreditlabError
 from ..metrics import angle_deg
 from . import register
-from .base import SGD_DEFAULTS, OptimizerDefaults, Rule, option
+from .base import SGD_DEFAULTS, OptimizerDefaults, Rule, check_number, option
 
 
 def _random_like(weight: torch.Tensor, scale: float) -> torch.Tensor:
@@ -111,8 +109,7 @@ class KPOptions:
 
     def __post_init__(self):
         # Checked here, so a bad value is rejected when the run's options are resolved, before any work.
-        if not (math.isfinite(self.decay) and self.decay >= 0):
-            raise CreditlabError(f"invalid decay {self.decay!r} for rule 'kp': give a finite number >= 0, e.g. 1e-3")
+        check_number("kp", "decay", self.decay, above=False, example="1e-3")
 
 
 @register

@@ -27,7 +27,7 @@ from ..errors import CreditlabError
 from ..metrics import angle_deg
 from ..nets.microcircuit import Conductances, MicrocircuitNet, PlasticityRates, bottom_up_apical, present
 from . import register
-from .base import OptimizerDefaults, Rule, option
+from .base import OptimizerDefaults, Rule, check_number, option
 
 log = logging.getLogger(__name__)
 
@@ -273,24 +273,13 @@ class Microcircuit(Rule):
 
 
 def check_microcircuit_options(o: MicrocircuitOptions) -> None:
-    positive = {"dt": "ms", "presentation_ms": "ms"}
-    for name, unit in positive.items():
-        value = getattr(o, name)
-        if not (math.isfinite(value) and value > 0):
-            raise CreditlabError(f"invalid value {value!r} for option {name!r} of rule 'microcircuit': "
-                                 f"give a positive number of {unit}")
+    check_number("microcircuit", "dt", o.dt, example="0.25 (ms)")
+    check_number("microcircuit", "presentation_ms", o.presentation_ms, example="3 (ms)")
     if o.presentation_ms < o.dt:
         raise CreditlabError(f"option presentation_ms={o.presentation_ms} is shorter than dt={o.dt}; "
                              f"show each example for at least one Euler step")
     for name in ("eta_forward", "eta_interneuron", "eta_inhibition", "eta_top_down", "eta_self_predicting", "noise_std"):
-        value = getattr(o, name)
-        if not (math.isfinite(value) and value >= 0):
-            raise CreditlabError(f"invalid value {value!r} for option {name!r} of rule 'microcircuit': "
-                                 f"give a finite number >= 0")
-    if not math.isfinite(o.top_down_scale) or o.top_down_scale <= 0:
-        raise CreditlabError(f"invalid value {o.top_down_scale!r} for option 'top_down_scale' of rule "
-                             f"'microcircuit': give a positive number")
+        check_number("microcircuit", name, getattr(o, name), above=False)
+    check_number("microcircuit", "top_down_scale", o.top_down_scale)
     for name in ("self_predicting_presentations", "self_predicting_batch"):
-        if getattr(o, name) <= 0:
-            raise CreditlabError(f"invalid value {getattr(o, name)!r} for option {name!r} of rule "
-                                 f"'microcircuit': give a positive integer")
+        check_number("microcircuit", name, getattr(o, name), integer=True)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..errors import CreditlabError
 from . import register
-from .base import OptimizerDefaults, Rule, option
+from .base import OptimizerDefaults, Rule, check_number, option
 
 # -- batched forward passes ---------------------------------------------------
 #
@@ -96,12 +96,8 @@ class _PerturbationRule(Rule):
 
     @classmethod
     def check_options(cls, options):
-        if options.perturbations <= 0:
-            raise CreditlabError(f"invalid perturbations {options.perturbations!r} for rule {cls.name!r}: give a "
-                                 f"positive integer, e.g. 32")
-        if not options.noise_std > 0:
-            raise CreditlabError(f"invalid noise_std {options.noise_std!r} for rule {cls.name!r}: give a positive "
-                                 f"standard deviation, e.g. 1e-3")
+        check_number(cls.name, "perturbations", options.perturbations, integer=True, example="32")
+        check_number(cls.name, "noise_std", options.noise_std, example="1e-3")
 
     def example_losses(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Return the cross-entropy of each example of each network: (..., B, C) logits -> (..., B).
@@ -432,12 +428,9 @@ class Hebbian(Rule):
 
     @classmethod
     def check_options(cls, options):
-        if options.rank < 2:
-            raise CreditlabError(f"invalid rank {options.rank!r} for rule 'hebbian': give an integer >= 2 "
-                                 f"(rank 1 is the winner itself)")
-        if options.anti_hebbian < 0:
-            raise CreditlabError(f"invalid anti_hebbian {options.anti_hebbian!r} for rule 'hebbian': give a "
-                                 f"number >= 0")
+        # Rank 1 would be the winner itself.
+        check_number(cls.name, "rank", options.rank, minimum=2, above=False, integer=True)
+        check_number(cls.name, "anti_hebbian", options.anti_hebbian, above=False)
 
     @staticmethod
     def _patches(block, h: torch.Tensor) -> torch.Tensor:

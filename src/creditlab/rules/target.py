@@ -30,7 +30,6 @@ computes the targets, at a constant `--feedback-lr`. It then leaves their
 `.grad` at zero, so the optimizer does not apply them again.
 """
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +40,7 @@ from .. import nets
 from ..errors import CreditlabError
 from ..metrics import angle_deg
 from . import register
-from .base import OptimizerDefaults, Rule, option
+from .base import OptimizerDefaults, Rule, check_number, option
 
 SCHEDULES = ("alternating", "parallel")
 UNPOOLING = ("indices", "nearest")
@@ -196,18 +195,13 @@ class _TargetRule(Rule):
     @classmethod
     def check_options(cls, options) -> None:
         o = options
-        for name in ("beta", "noise"):
-            value = getattr(o, name)
-            if not (math.isfinite(value) and value > 0):
-                raise CreditlabError(f"invalid {name} {value!r} for rule {cls.name!r}: give a positive finite number")
-        if o.feedback_iterations < 1:
-            raise CreditlabError(f"invalid feedback_iterations {o.feedback_iterations!r} for rule {cls.name!r}: "
-                                 f"give a positive integer")
+        check_number(cls.name, "beta", o.beta)
+        check_number(cls.name, "noise", o.noise)
+        check_number(cls.name, "feedback_iterations", o.feedback_iterations, integer=True)
+        check_number(cls.name, "warmup_steps", o.warmup_steps, above=False, integer=True)
         if not 0 <= o.feedback_momentum < 1:
             raise CreditlabError(f"invalid feedback_momentum {o.feedback_momentum!r} for rule {cls.name!r}: "
                                  f"give a number in [0, 1)")
-        if o.warmup_steps < 0:
-            raise CreditlabError(f"invalid warmup_steps {o.warmup_steps!r} for rule {cls.name!r}: give 0 or more")
 
     def _make_feedback(self) -> nn.ModuleList:
         """Build one inverse per block from the second to the chain's top: feedback[i - 1] maps h_{i+1} to h_i."""
@@ -524,8 +518,7 @@ class DirectDifferenceTargetPropagation(_TargetRule):
     @classmethod
     def check_options(cls, options) -> None:
         super().check_options(options)
-        if not (math.isfinite(options.damping) and options.damping >= 0):
-            raise CreditlabError(f"invalid damping {options.damping!r} for rule 'ddtp': give a finite number >= 0")
+        check_number(cls.name, "damping", options.damping, above=False)
 
     def _make_feedback(self):
         if not self.direct:

@@ -32,10 +32,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..errors import CreditlabError
 from ..nets.helmholtz import HelmholtzMachine
 from . import register
-from .base import OptimizerDefaults, Rule, option
+from .base import OptimizerDefaults, Rule, check_number, option
 
 # Machines with at most this many configurations of two adjacent hidden
 # layers get the exact gradient of log p(x) as the reference for update angles.
@@ -45,9 +44,7 @@ EXACT_REFERENCE_CONFIGURATIONS = 2**14
 def _check_counts(options, rule: str) -> None:
     """Raise if a sample count in `options` is out of range."""
     for name, least in (("samples", 1), ("reference_samples", 1), ("dreams", 0)):
-        value = getattr(options, name, least)
-        if value < least:
-            raise CreditlabError(f"invalid value {value} for option {name!r} of rule {rule!r}: give an integer >= {least}")
+        check_number(rule, name, getattr(options, name, least), minimum=least, above=False, integer=True)
 
 
 def _add_grad(parameter: torch.Tensor, value: torch.Tensor) -> None:

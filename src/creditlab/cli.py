@@ -59,7 +59,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_run_options(p: argparse.ArgumentParser, epochs: int, task: bool = True) -> None:
-    """Add the options of a run; task=False leaves out --task, --task-option and --online (classification only)."""
+    """Add the options of a run. With task=False, leave out --task, --task-option and --online (classification only)."""
     if task:
         p.add_argument("--task", default="classification",
                        help=f"what the rules learn: {', '.join(tasks.TASKS)} (default: classification); density "

@@ -32,7 +32,7 @@ def check_number(rule: str, name: str, value: Any, *, minimum: float = 0.0, abov
     """Raise a one-line CreditlabError unless option `name` of `rule` is a finite number in range.
 
     above=True asks for value > minimum, above=False for value >= minimum;
-    `maximum`, when given, is included; integer=True also asks for an int.
+    `maximum`, when given, is included, and integer=True also requires an int.
     """
     number = isinstance(value, int) if integer else isinstance(value, (int, float))
     fine = number and not isinstance(value, bool) and math.isfinite(value)
@@ -41,14 +41,14 @@ def check_number(rule: str, name: str, value: Any, *, minimum: float = 0.0, abov
         return
     kind = "an integer" if integer else "a finite number"
     if above and minimum == 0:
-        wanted = f"a positive {'integer' if integer else 'finite number'}"
+        expected = f"a positive {'integer' if integer else 'finite number'}"
     else:
-        wanted = f"{kind} {'above' if above else '>='} {minimum:g}"
+        expected = f"{kind} {'above' if above else '>='} {minimum:g}"
     if maximum is not None:
-        wanted += f" and at most {maximum:g}"
+        expected += f" and at most {maximum:g}"
     if example:
-        wanted += f", e.g. {example}"
-    raise CreditlabError(f"invalid {name} {value!r} for rule {rule!r}: give {wanted}")
+        expected += f", e.g. {example}"
+    raise CreditlabError(f"invalid {name} {value!r} for rule {rule!r}: give {expected}")
 
 @dataclass
 class NoOptions:

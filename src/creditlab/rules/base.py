@@ -31,13 +31,14 @@ def check_number(rule: str, name: str, value: Any, *, minimum: float = 0.0, abov
                  maximum: float | None = None, integer: bool = False, example: str = "") -> None:
     """Raise a one-line CreditlabError unless option `name` of `rule` is a finite number in range.
 
-    above=True asks for value > minimum, above=False for value >= minimum;
+    With above=True the value must exceed `minimum`, otherwise it may equal it.
     `maximum`, when given, is included, and integer=True also requires an int.
     """
     number = isinstance(value, int) if integer else isinstance(value, (int, float))
-    fine = number and not isinstance(value, bool) and math.isfinite(value)
-    fine = fine and (value > minimum if above else value >= minimum) and (maximum is None or value <= maximum)
-    if fine:
+    in_range = number and not isinstance(value, bool) and math.isfinite(value)
+    in_range = in_range and (value > minimum if above else value >= minimum)
+    in_range = in_range and (maximum is None or value <= maximum)
+    if in_range:
         return
     kind = "an integer" if integer else "a finite number"
     if above and minimum == 0:

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -115,3 +116,13 @@ def test_config_without_online_key_still_resumes(tmp_path):
     del saved["config"]["online"]
     io.write_json(path, saved)
     assert train(RunConfig(epochs=1), tmp_path / "r", progress=False) == json.loads(json.dumps(first))
+
+
+def test_epoch_angle_skips_warmup_steps(tmp_path):
+    # dtp's forward update is zero for 4 warm-up steps, so their angles are NaN; the epoch mean skips them.
+    config = RunConfig(rule="dtp", epochs=1, angle_every=1, rule_options={"warmup_steps": 4})
+    summary = train(config, tmp_path / "run", progress=False)
+    angles = summary["update_angle_deg"]
+    assert len(angles) == 3
+    assert all(math.isfinite(a) for a in angles), angles
+    assert angles[-1] < 1.0  # the output block gets bp's update

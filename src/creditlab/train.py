@@ -202,6 +202,12 @@ TIMING_FIELDS = ("examples_per_second", "train_seconds")
 _COUNTED_STATS = ("loss", "forward_passes", "backward_passes")
 
 
+def _finite_mean(values: list[float]) -> float:
+    """Return the mean of the values that are not NaN, or NaN when none is."""
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
 def _finite(tensors) -> bool:
     flags = [torch.isfinite(t).all() for t in tensors if t is not None]
     return bool(torch.stack(flags).all()) if flags else True
@@ -449,8 +455,9 @@ class Run:
         n = len(progress.losses)
         # Under torchrun, losses and example counts are summed over processes.
         loss_sum, examples, batches = distributed.all_sum([sum(progress.losses), progress.examples, n])
-        angles = progress.angles
-        layer_angles = [sum(a[i] for a in angles) / len(angles) for i in range(len(angles[0]))] if angles else []
+        # A step whose update is zero (a warm-up step, say) has no angle (NaN), so it is left out of the mean.
+        layer_angles = [_finite_mean([a[i] for a in progress.angles]) for i in range(len(progress.angles[0]))] \
+            if progress.angles else []
         return {
             "train_loss": loss_sum / batches,
             "update_angle_deg": layer_angles,

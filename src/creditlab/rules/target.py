@@ -570,8 +570,8 @@ class DirectDifferenceTargetPropagation(_TargetRule):
         """
         sigma, damping = self.options.noise, self.options.damping
         losses = []
-        # TODO: with damping 0 this failed on the CIFAR-10 conv net conv:3x32x32-c32p-c64p-c128p-c256p-10.
-        # The inverses' reconstruction errors reached 1e7 and the test error was at chance after one epoch.
+        # TODO: this fails on the CIFAR-10 conv net conv:3x32x32-c32p-c64p-c128p-c256p-10. After one epoch the
+        # test error was 90% with damping 0 or 0.1 and 67% with damping 1. Lower layers' updates were at 77-95°.
         for i in range(1, len(h) - 1):
             corrupted = h[i] + sigma * self._noise(h[i], generator)
             top = self._propagate(corrupted, i)

@@ -119,7 +119,7 @@ def test_config_without_online_key_still_resumes(tmp_path):
 
 
 def test_epoch_angle_skips_warmup_steps(tmp_path):
-    # dtp's forward update is zero for 4 warm-up steps, so their angles are NaN; the epoch mean skips them.
+    # dtp's forward update is zero for 4 warm-up steps, so their angles are NaN. The epoch mean skips them.
     config = RunConfig(rule="dtp", epochs=1, angle_every=1, rule_options={"warmup_steps": 4})
     summary = train(config, tmp_path / "run", progress=False)
     angles = summary["update_angle_deg"]

@@ -59,7 +59,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_run_options(p: argparse.ArgumentParser, epochs: int, task: bool = True) -> None:
-    """Add the options of a run. With task=False, leave out --task, --task-option and --online (classification only)."""
+    """Add the options of a run. With task=False, leave out --task, --task-option and --online.
+
+    Commands that train only minibatch classifiers, such as scaling, pass task=False.
+    """
     if task:
         p.add_argument("--task", default="classification",
                        help=f"what the rules learn: {', '.join(tasks.TASKS)} (default: classification); density "

@@ -456,8 +456,10 @@ class Run:
         # Under torchrun, losses and example counts are summed over processes.
         loss_sum, examples, batches = distributed.all_sum([sum(progress.losses), progress.examples, n])
         # A step whose update is zero (a warm-up step, say) has no angle (NaN), so it is left out of the mean.
-        layer_angles = [_finite_mean([a[i] for a in progress.angles]) for i in range(len(progress.angles[0]))] \
-            if progress.angles else []
+        layer_angles = []
+        if progress.angles:
+            layers = len(progress.angles[0])
+            layer_angles = [_finite_mean([a[i] for a in progress.angles]) for i in range(layers)]
         return {
             "train_loss": loss_sum / batches,
             "update_angle_deg": layer_angles,

@@ -107,10 +107,6 @@ class KPOptions:
     scale: float = option(1.0, "multiplier on the Glorot-uniform scale of the initial random feedback weights",
                           "random start as in fa")
 
-    def __post_init__(self):
-        # Checked here, so a bad value is rejected when the run's options are resolved, before any work.
-        check_number("kp", "decay", self.decay, above=False, example="1e-3")
-
 
 @register
 class KolenPollack(_FeedbackPathRule):
@@ -118,6 +114,10 @@ class KolenPollack(_FeedbackPathRule):
     description = "Kolen-Pollack: feedback weights get the transpose of the forward update and the same decay"
     reference = "Kolen & Pollack 1994; Akrout, Wilson, Humphreys, Lillicrap & Tweed 2019"
     Options = KPOptions
+
+    @classmethod
+    def check_options(cls, options):
+        check_number(cls.name, "decay", options.decay, above=False, example="1e-3")
 
     def __init__(self, net, options=None):
         super().__init__(net, options)

@@ -104,7 +104,16 @@ class Microcircuit(Rule):
 
     @classmethod
     def check_options(cls, options):
-        check_microcircuit_options(options)
+        check_number("microcircuit", "dt", options.dt, example="0.25 (ms)")
+        check_number("microcircuit", "presentation_ms", options.presentation_ms, example="3 (ms)")
+        if options.presentation_ms < options.dt:
+            raise CreditlabError(f"option presentation_ms={options.presentation_ms} is shorter than dt={options.dt}; "
+                                 f"show each example for at least one Euler step")
+        for name in ("eta_forward", "eta_interneuron", "eta_inhibition", "eta_top_down", "eta_self_predicting", "noise_std"):
+            check_number("microcircuit", name, getattr(options, name), above=False)
+        check_number("microcircuit", "top_down_scale", options.top_down_scale)
+        for name in ("self_predicting_presentations", "self_predicting_batch"):
+            check_number("microcircuit", name, getattr(options, name), integer=True)
 
     def __init__(self, net, options=None):
         super().__init__(net, options)
@@ -270,16 +279,3 @@ class Microcircuit(Rule):
             "interneuron_angle_deg": [angle_deg(net.interneurons[k - 1].weight, net.blocks[k].weight)
                                       for k in range(1, net.depth)],
         }
-
-
-def check_microcircuit_options(o: MicrocircuitOptions) -> None:
-    check_number("microcircuit", "dt", o.dt, example="0.25 (ms)")
-    check_number("microcircuit", "presentation_ms", o.presentation_ms, example="3 (ms)")
-    if o.presentation_ms < o.dt:
-        raise CreditlabError(f"option presentation_ms={o.presentation_ms} is shorter than dt={o.dt}; "
-                             f"show each example for at least one Euler step")
-    for name in ("eta_forward", "eta_interneuron", "eta_inhibition", "eta_top_down", "eta_self_predicting", "noise_std"):
-        check_number("microcircuit", name, getattr(o, name), above=False)
-    check_number("microcircuit", "top_down_scale", o.top_down_scale)
-    for name in ("self_predicting_presentations", "self_predicting_batch"):
-        check_number("microcircuit", name, getattr(o, name), integer=True)

@@ -27,7 +27,6 @@ recognition net's learning rate.
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import nn
@@ -39,12 +38,6 @@ from .base import OptimizerDefaults, Rule, check_number, option
 # Machines with at most this many configurations of two adjacent hidden
 # layers get the exact gradient of log p(x) as the reference for update angles.
 EXACT_REFERENCE_CONFIGURATIONS = 2**14
-
-
-def _check_counts(options, rule: str) -> None:
-    """Raise if a sample count in `options` is out of range."""
-    for name, least in (("samples", 1), ("reference_samples", 1), ("dreams", 0)):
-        check_number(rule, name, getattr(options, name, least), minimum=least, above=False, integer=True)
 
 
 def _add_grad(parameter: torch.Tensor, value: torch.Tensor) -> None:
@@ -91,6 +84,11 @@ class HelmholtzRule(Rule):
 
     kinds = ("helmholtz",)
     tasks = ("density",)
+
+    @classmethod
+    def check_options(cls, options):
+        for name, least in (("samples", 1), ("reference_samples", 1), ("dreams", 0)):
+            check_number(cls.name, name, getattr(options, name, least), minimum=least, above=False, integer=True)
 
     @classmethod
     def make_net(cls, spec, activation, init="auto"):
@@ -144,15 +142,11 @@ class HelmholtzRule(Rule):
 
 @dataclass
 class WakeSleepOptions:
-    rule: ClassVar[str] = "wake-sleep"
     dreams: int = option(0, "dreams sampled from the generative net in each sleep phase (samples); 0 uses the "
                          "batch size", "Hinton et al. 1995 alternate one wake and one sleep sample")
     reference_samples: int = option(100, "importance samples per example behind the reference gradient of log p(x) "
                                     "that update angles are measured against, for machines too large to enumerate",
                                     "chosen")
-
-    def __post_init__(self):
-        _check_counts(self, self.rule)
 
 
 @register
@@ -184,7 +178,6 @@ class WakeSleep(HelmholtzRule):
 
 @dataclass
 class RWSOptions(WakeSleepOptions):
-    rule: ClassVar[str] = "rws"
     samples: int = option(5, "importance samples K drawn from q(h | x) per example in the wake phase",
                           "Bornschein & Bengio 2015 train their MNIST models with K = 5")
     sleep: bool = option(True, "also train the recognition net on dreams; the recognition update is then the mean of "

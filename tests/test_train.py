@@ -126,3 +126,20 @@ def test_epoch_angle_skips_warmup_steps(tmp_path):
     assert len(angles) == 3
     assert all(math.isfinite(a) for a in angles), angles
     assert angles[-1] < 1.0  # the output block gets bp's update
+
+
+def test_summary_reports_test_error_at_lowest_validation_error():
+    from creditlab.tasks.classification import Classification
+
+    history = [
+        {"epoch": 1, "val_error": 0.05, "test_error": 0.06},
+        {"epoch": 2, "val_error": 0.02, "test_error": 0.03},
+        {"epoch": 3, "val_error": 0.02, "test_error": 0.01},
+        {"epoch": 4, "val_error": 0.04, "test_error": 0.02},
+    ]
+    summary = Classification().summarise(history)
+    assert summary["test_error"] == 0.02
+    assert summary["best_val_error"] == 0.02
+    # Ties go to the earlier epoch, as an early-stopping run would have stopped there.
+    assert summary["best_val_epoch"] == 2
+    assert summary["test_error_at_best_val"] == 0.03

@@ -28,10 +28,16 @@ class Classification(Task):
                 f"test error {100 * record['test_error']:.2f}%")
 
     def summarise(self, history):
+        # Early stopping on the validation set: the first epoch with the lowest validation error, and its test
+        # error, which is how several papers of the field report their figures.
+        scored = [r for r in history if not math.isnan(r.get("val_error", math.nan))]
+        best = min(scored, key=lambda r: r["val_error"], default={})
         return {
             "test_error": last(history, "test_error"),
             "val_error": last(history, "val_error"),
-            "best_val_error": min((r["val_error"] for r in history), default=math.nan),
+            "best_val_error": best.get("val_error", math.nan),
+            "best_val_epoch": best.get("epoch"),
+            "test_error_at_best_val": best.get("test_error", math.nan),
         }
 
     @staticmethod

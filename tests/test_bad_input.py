@@ -220,10 +220,10 @@ def test_rule_option_rejected_before_run_folder(rule, option, message, tmp_path,
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--epochs", "abc"], "argument --epochs: invalid int value: 'abc'"),
-    (["scaling", "--task", "density"], "unrecognized arguments: --task density"),
+    (["train", "--epochs", "abc"], "argument --epochs: invalid int value: 'abc'; see `creditlab train --help`"),
+    (["scaling", "--task", "density"], "unrecognized arguments: --task density; see `creditlab scaling --help`"),
     (["scaling", "--online"], "unrecognized arguments: --online"),
-    (["compare", "--bogus"], "unrecognized arguments: --bogus"),
+    (["compare", "--bogus"], "unrecognized arguments: --bogus; see `creditlab compare --help`"),
 ])
 def test_argument_errors_take_one_line(args, message):
     result = subprocess.run([sys.executable, "-m", "creditlab", *args], capture_output=True, text=True)

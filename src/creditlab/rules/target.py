@@ -570,8 +570,9 @@ class DirectDifferenceTargetPropagation(_TargetRule):
         """
         sigma, damping = self.options.noise, self.options.damping
         losses = []
-        # TODO: this fails on the CIFAR-10 conv net conv:3x32x32-c32p-c64p-c128p-c256p-10. After one epoch the
-        # test error was 90% with damping 0 or 0.1 and 67% with damping 1. Lower layers' updates were at 77-95°.
+        # TODO: this fails on the CIFAR-10 conv net conv:3x32x32-c32p-c64p-c128p-c256p-10 (90% test error after one
+        # epoch; 67% with damping 1). Suspected: only 10 of a layer's n noise directions pass the logits, so the
+        # gradient's useful part shrinks as 10/n (docs/rules/target.md, Limits).
         for i in range(1, len(h) - 1):
             corrupted = h[i] + sigma * self._noise(h[i], generator)
             top = self._propagate(corrupted, i)

@@ -143,3 +143,22 @@ def test_summary_reports_test_error_at_lowest_validation_error():
     # Ties go to the earlier epoch, as an early-stopping run would have stopped there.
     assert summary["best_val_epoch"] == 2
     assert summary["test_error_at_best_val"] == 0.03
+
+
+@pytest.mark.parametrize("augment, expected_calls", [(True, 3), (False, 0)])
+def test_augment_flag_controls_dataset_augmentation(augment, expected_calls, monkeypatch):
+    import dataclasses
+
+    from creditlab import data
+
+    calls = []
+
+    def count(x, generator):
+        calls.append(len(x))
+        return x
+
+    digits = data.load("digits")
+    monkeypatch.setattr(data, "load", lambda *args, **kwargs: dataclasses.replace(digits, augment=count))
+    # 1,617 training examples in batches of 600 take 3 steps.
+    train(RunConfig(epochs=1, batch_size=600, augment=augment), None, progress=False)
+    assert len(calls) == expected_calls

@@ -100,6 +100,9 @@ def _add_run_options(p: argparse.ArgumentParser, epochs: int, task: bool = True)
                    "(default: $CREDITLAB_DATA, then ~/.cache/creditlab/NAME, then /usr/share/datasets/NAME)")
     p.add_argument("--val-size", type=int, default=None,
                    help="training examples held out for validation (default: 5000 for MNIST-like sets, 180 for digits)")
+    p.add_argument("--no-augment", action="store_true",
+                   help="train without the dataset's augmentation, random crops and flips on CIFAR-10; the other "
+                   "datasets have none (default: augment)")
     p.add_argument("--angle-every", type=int, default=20,
                    help="steps between measurements of the update angle against the exact gradient (default: 20)")
     p.add_argument("--checkpoint-interval", type=float, default=300.0,
@@ -117,8 +120,8 @@ def _base_config(args, rule: str = "bp", rule_options: dict | None = None):
                      epochs=args.epochs, batch_size=batch_size, online=args.online, optimizer=args.optimizer, lr=args.lr,
                      feedback_lr=args.feedback_lr, momentum=args.momentum, weight_decay=args.weight_decay,
                      schedule=args.schedule, device=args.device, data_dir=args.data_dir, val_size=args.val_size,
-                     angle_every=args.angle_every, rule_options=rule_options or {}, task=args.task,
-                     task_options=_task_options(args.task_option))
+                     angle_every=args.angle_every, augment=not args.no_augment, rule_options=rule_options or {},
+                     task=args.task, task_options=_task_options(args.task_option))
 
 
 def cmd_train(args) -> int:

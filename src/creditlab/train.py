@@ -78,6 +78,8 @@ class RunConfig:
     online: bool = False
     task: str = "classification"
     task_options: dict[str, Any] = field(default_factory=dict)
+    # Training-time augmentation, for datasets that define one (random crops and flips on CIFAR-10).
+    augment: bool = True
 
     # Fields that may differ between a run and its resumption. The epoch count
     # may not: it sets the learning-rate schedule.
@@ -420,7 +422,7 @@ class Run:
             index = distributed.shard(order[step * config.batch_size:(step + 1) * config.batch_size])
             x, y = dataset.train.x[index], dataset.train.y[index]
             start = time.perf_counter()
-            if dataset.augment is not None:
+            if config.augment and dataset.augment is not None:
                 x = dataset.augment(x, generator)
             x, y = self.task.prepare(x, y)
             # The target is what the rule learned from: the label, or the bandit's reward-weighted action.

@@ -128,7 +128,7 @@ def test_epoch_angle_skips_warmup_steps(tmp_path):
     assert angles[-1] < 1.0  # the output block gets bp's update
 
 
-def test_summary_reports_test_error_at_lowest_validation_error():
+def test_summary_early_stopped_test_error():
     from creditlab.tasks.classification import Classification
 
     history = [

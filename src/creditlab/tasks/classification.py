@@ -29,7 +29,7 @@ class Classification(Task):
 
     def summarise(self, history):
         # Early stopping on the validation set: the first epoch with the lowest validation error, and its test
-        # error, which is how several papers of the field report their figures.
+        # error, the figure Meulemans et al. 2020 report.
         scored = [r for r in history if not math.isnan(r.get("val_error", math.nan))]
         best = min(scored, key=lambda r: r["val_error"], default={})
         return {

@@ -7,7 +7,7 @@
 # One thread per run and a low priority, since the runs are long on a CPU: set THREADS to change it.
 # On CIFAR-10 every rule trains its forward weights with Adam at 1e-3: bp's own SGD at 0.05 with
 # momentum 0.9 diverges within ten steps on the conv net, which has no normalisation layers.
-# The MLP trains without the crops and flips, which slowed bp on it to 55% test error after 10 epochs.
+# The MLP trains without crops and flips: with them bp on it reached 55% test error after 10 epochs, against 52%.
 set -euo pipefail
 
 out=${1:?usage: benchmarks/target_propagation.sh OUT [TASK ...]}

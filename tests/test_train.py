@@ -153,12 +153,12 @@ def test_augment_flag_controls_dataset_augmentation(augment, expected_calls, mon
 
     calls = []
 
-    def count(x, generator):
+    def record_batch(x, generator):
         calls.append(len(x))
         return x
 
     digits = data.load("digits")
-    monkeypatch.setattr(data, "load", lambda *args, **kwargs: dataclasses.replace(digits, augment=count))
+    monkeypatch.setattr(data, "load", lambda *args, **kwargs: dataclasses.replace(digits, augment=record_batch))
     # 1,617 training examples in batches of 600 take 3 steps.
     train(RunConfig(epochs=1, batch_size=600, augment=augment), None, progress=False)
     assert len(calls) == expected_calls
